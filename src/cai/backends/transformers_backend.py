@@ -1,0 +1,236 @@
+"""Local Hugging Face models: batched left-padded generation with a reused KV cache for long shared prefixes.
+
+Requests are sorted by length and cut into batches. Inside a batch, the longest token prefix shared by every prompt
+(system prompt, constitution, few-shot demonstrations) is run through the model once; its KV cache is kept in a small
+LRU and expanded over the batch, so only each prompt's own suffix is prefilled. Prompts are laid out as
+``[shared prefix][padding][own suffix]`` with the padding masked, which keeps every real token at its true position.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+from collections import OrderedDict
+from typing import Any
+
+from cai.backends.base import Backend, Completion, Conversation, GenParams
+from cai.errors import ModelError, UserInputError
+
+
+def _pick_device(device: str) -> str:
+    import torch
+
+    if device != "auto":
+        return device
+    if torch.cuda.is_available():
+        return "cuda"
+    return "cpu"
+
+
+class TransformersBackend(Backend):
+    """A causal LM loaded with transformers from a local folder (or the embedded model)."""
+
+    name = "transformers"
+
+    def __init__(
+        self,
+        model_path: str,
+        *,
+        model_id: str | None = None,
+        device: str = "auto",
+        dtype: str = "auto",
+        batch_size: int = 16,
+        prefix_cache: bool = True,
+        min_prefix_tokens: int = 32,
+        cache_slots: int = 4,
+        model: Any = None,
+        tokenizer: Any = None,
+    ):
+        super().__init__(model_id or model_path)
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.device = _pick_device(device)
+        if dtype == "auto":
+            torch_dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
+        else:
+            torch_dtype = getattr(torch, dtype)
+        self.batch_size = batch_size
+        self.prefix_cache = prefix_cache
+        self.min_prefix_tokens = min_prefix_tokens
+        self._cache: OrderedDict[tuple[int, ...], Any] = OrderedDict()
+        self._cache_slots = cache_slots
+        if model is None:
+            if not os.path.isdir(model_path):
+                raise UserInputError(
+                    f"Model folder '{model_path}' does not exist.",
+                    fix="point `model:` at a local Hugging Face folder (config.json + weights), use `embedded`, or "
+                    "use `backend: openai` for a server. Models are never downloaded at run time.",
+                )
+            try:
+                tokenizer = AutoTokenizer.from_pretrained(model_path)
+                model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype)
+            except (OSError, ValueError) as e:
+                raise UserInputError(
+                    f"Could not load a causal LM from '{model_path}': {e}",
+                    fix="the folder must hold a transformers checkpoint (config.json, weights, tokenizer files).",
+                ) from e
+        self.model = model.to(self.device).eval()
+        self.tok = tokenizer
+        if self.tok.pad_token_id is None:
+            self.tok.pad_token = self.tok.eos_token
+        self.pad_id = self.tok.pad_token_id
+        eos = self.model.generation_config.eos_token_id
+        self.eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        self.eos_ids.add(self.tok.eos_token_id)
+
+    # --- prompt rendering ---------------------------------------------------------------------------------------
+    def encode(self, conv: Conversation) -> list[int]:
+        prefill = bool(conv) and conv[-1]["role"] == "assistant"
+        ids = self.tok.apply_chat_template(
+            conv,
+            add_generation_prompt=not prefill,
+            continue_final_message=prefill,
+            tokenize=True,
+            return_dict=False,
+        )
+        if isinstance(ids, dict) or hasattr(ids, "keys"):
+            ids = ids["input_ids"]
+        return list(ids)
+
+    # --- prefix cache ---------------------------------------------------------------------------------------------
+    def _prefix_kv(self, prefix: tuple[int, ...]):
+        import torch
+
+        if prefix in self._cache:
+            self._cache.move_to_end(prefix)
+            return self._cache[prefix]
+        with torch.inference_mode():
+            ids = torch.tensor([list(prefix)], device=self.device)
+            out = self.model(input_ids=ids, use_cache=True)
+        kv = out.past_key_values
+        self._cache[prefix] = kv
+        while len(self._cache) > self._cache_slots:
+            self._cache.popitem(last=False)
+        return kv
+
+    @staticmethod
+    def _common_prefix(seqs: list[list[int]]) -> int:
+        n = min(len(s) for s in seqs)
+        first = seqs[0]
+        i = 0
+        while i < n and all(s[i] == first[i] for s in seqs):
+            i += 1
+        return i
+
+    # --- generation -----------------------------------------------------------------------------------------------
+    def generate(self, conversations: list[Conversation], params: GenParams) -> list[Completion]:
+        if not conversations:
+            return []
+        t0 = time.perf_counter()
+        encoded = [self.encode(c) for c in conversations]
+        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+        results: list[Completion | None] = [None] * len(encoded)
+        for b, start in enumerate(range(0, len(order), self.batch_size)):
+            idx = order[start : start + self.batch_size]
+            outs = self._generate_batch([encoded[i] for i in idx], params, batch_index=b)
+            for i, c in zip(idx, outs):
+                results[i] = c
+        self.stats.calls += 1
+        self.stats.generate_seconds += time.perf_counter() - t0
+        return [r for r in results if r is not None]
+
+    def _generate_batch(self, seqs: list[list[int]], params: GenParams, batch_index: int) -> list[Completion]:
+        import torch
+
+        p = 0
+        if self.prefix_cache:
+            p = self._common_prefix(seqs)
+            p = min(p, min(len(s) for s in seqs) - 1)
+            if p < self.min_prefix_tokens:
+                p = 0
+        suffixes = [s[p:] for s in seqs]
+        width = max(len(s) for s in suffixes)
+        rows, masks = [], []
+        for s in seqs:
+            pad = width - (len(s) - p)
+            rows.append(s[:p] + [self.pad_id] * pad + s[p:])
+            masks.append([1] * p + [0] * pad + [1] * (len(s) - p))
+        input_ids = torch.tensor(rows, device=self.device)
+        attn = torch.tensor(masks, device=self.device)
+        kwargs: dict[str, Any] = dict(
+            max_new_tokens=params.max_new_tokens,
+            pad_token_id=self.pad_id,
+            eos_token_id=sorted(self.eos_ids),
+        )
+        if params.greedy:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        else:
+            kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=0)
+        if params.seed is not None:
+            torch.manual_seed(params.seed * 1_000_003 + batch_index)
+        if p:
+            kv = copy.deepcopy(self._prefix_kv(tuple(seqs[0][:p])))
+            kv.batch_repeat_interleave(len(seqs))
+            kwargs["past_key_values"] = kv
+            self.stats.cached_prefix_tokens += p * len(seqs)
+        with torch.inference_mode():
+            out = self.model.generate(input_ids=input_ids, attention_mask=attn, **kwargs)
+        gen = out[:, input_ids.shape[1] :].tolist()
+        comps = []
+        for s, g in zip(seqs, gen):
+            n = len(g)
+            finish = "length"
+            for j, t in enumerate(g):
+                if t in self.eos_ids:
+                    n, finish = j, "stop"
+                    break
+            text = self.tok.decode(g[:n], skip_special_tokens=True)
+            for stop in params.stop:
+                k = text.find(stop)
+                if k >= 0:
+                    text, finish = text[:k], "stop"
+            comps.append(Completion(text=text.strip(), prompt_tokens=len(s), completion_tokens=n, finish_reason=finish))
+            self.stats.requests += 1
+            self.stats.prompt_tokens += len(s)
+            self.stats.completion_tokens += n
+        return comps
+
+    # --- scoring ----------------------------------------------------------------------------------------------------
+    def option_logprobs(self, conversations: list[Conversation], options: list[list[str]]) -> list[list[float | None]]:
+        """Sum of log-probabilities of each option's tokens after the rendered conversation."""
+        import torch
+
+        if len(conversations) != len(options):
+            raise ModelError("option_logprobs needs one option list per conversation")
+        items: list[tuple[int, int, list[int], int]] = []  # (row, option index, ids, prompt length)
+        for r, (conv, opts) in enumerate(zip(conversations, options)):
+            base = self.encode(conv)
+            for k, o in enumerate(opts):
+                # Tokenize prompt+option jointly as text so merges at the boundary match what the model would emit.
+                full = self.tok.encode(self.tok.decode(base) + o, add_special_tokens=False)
+                if full[: len(base)] != base:
+                    full = base + self.tok.encode(o, add_special_tokens=False)
+                items.append((r, k, full, len(base)))
+        result: list[list[float | None]] = [[None] * len(o) for o in options]
+        items.sort(key=lambda x: len(x[2]))
+        for start in range(0, len(items), self.batch_size):
+            chunk = items[start : start + self.batch_size]
+            width = max(len(x[2]) for x in chunk)
+            ids = torch.full((len(chunk), width), self.pad_id, dtype=torch.long)
+            mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            for j, (_, _, seq, _) in enumerate(chunk):
+                ids[j, width - len(seq) :] = torch.tensor(seq)
+                mask[j, width - len(seq) :] = 1
+            with torch.inference_mode():
+                logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits.float()
+            logp = torch.log_softmax(logits[:, :-1], dim=-1)
+            for j, (r, k, seq, plen) in enumerate(chunk):
+                off = width - len(seq)
+                total = 0.0
+                for t in range(plen, len(seq)):
+                    total += float(logp[j, off + t - 1, seq[t]])
+                result[r][k] = total
+        return result
