@@ -1,0 +1,261 @@
+"""SL-CAI: initial answer, then N rounds of critique and revision against sampled principles.
+
+All prompts of a round go to the backend as one batch. Work is cut into fixed shards, each written atomically, so
+a killed run resumes exactly where it stopped and produces the same rows as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from cai.backends.base import Backend, GenParams
+from cai.backends.registry import BackendPool
+from cai.backends.spec import ModelSpec
+from cai.constitution import load_constitution
+from cai.constitution.schema import Constitution
+from cai.data.readers import load_prompts
+from cai.runs import StageDir
+from cai.stages import quality
+from cai.stages.sl_prompts import clean, critique_conversation, finds_no_problem, revision_conversation
+
+REJECTING_FLAGS = ("empty", "truncated", "repeats_critique")
+
+
+class ReviseConfig(BaseModel):
+    """Settings of ``cai revise``; YAML keys and CLI flags use these names."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    constitution: str = Field(default="default", description="Constitution YAML path, or 'default' for the shipped one")
+    prompts: str = Field(default="redteam", description="Red-team prompts: 'redteam' (shipped) or a file path")
+    prompt_split: str = Field(default="train", description="Split of the prompt file to use: train, eval or all")
+    column_map: dict[str, str] = Field(default_factory=dict, description="Our field -> your column, e.g. {prompt: question}")
+    limit: int | None = Field(default=None, ge=1, description="Use only the first N red-team prompts")
+    helpful: str | None = Field(default="helpful", description="Helpful prompts answered by the policy for SFT mixing; null to skip")
+    helpful_limit: int | None = Field(default=None, ge=0, description="Use only the first N helpful prompts")
+    rounds: int = Field(default=4, ge=1, le=16, description="Critique-revision rounds per prompt (the CAI paper used 4)")
+    seed: int = Field(default=0, description="Seeds principle sampling and generation")
+    few_shot: int | None = Field(default=None, ge=0, description="How many shared demonstrations to show (default: all)")
+    skip_if_no_problem: bool = Field(default=False, description="Skip the revision when the critique finds no problem")
+    shard_size: int = Field(default=16, ge=1, description="Prompts per shard: the unit of batching and of resume")
+    answer_tokens: int = Field(default=160, ge=1, description="Max new tokens of the policy's initial answer")
+    critique_tokens: int = Field(default=96, ge=1, description="Max new tokens of a critique")
+    revision_tokens: int = Field(default=192, ge=1, description="Max new tokens of a revision")
+    temperature: float = Field(default=0.0, ge=0, description="Sampling temperature for every step (0 = greedy)")
+    policy: ModelSpec = Field(default_factory=ModelSpec, description="Model that writes the initial answers")
+    critic: ModelSpec = Field(default_factory=ModelSpec, description="Model that writes critiques")
+    reviser: ModelSpec = Field(default_factory=ModelSpec, description="Model that writes revisions")
+
+
+@dataclass
+class Progress:
+    """What a stage reports while it runs; the CLI turns it into a progress bar."""
+
+    total: int
+    done: int = 0
+    tokens: int = 0
+    callback: Callable[["Progress"], None] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def advance(self, n: int, tokens: int) -> None:
+        self.done += n
+        self.tokens += tokens
+        if self.callback:
+            self.callback(self)
+
+
+def _rng(seed: int, row_id: str, rnd: int) -> random.Random:
+    return random.Random(f"{seed}:{row_id}:{rnd}")
+
+
+def revise_shard(
+    items: list[dict],
+    const: Constitution,
+    cfg: ReviseConfig,
+    policy: Backend,
+    critic: Backend,
+    reviser: Backend,
+    shard_index: int,
+    progress: Progress | None = None,
+) -> list[dict]:
+    """Run SL-CAI on one shard of prompts. Red-team rows get critique-revision rounds; helpful rows only an answer."""
+    chash = const.content_hash()
+
+    def params(tokens: int, step: int) -> GenParams:
+        return GenParams(max_new_tokens=tokens, temperature=cfg.temperature, seed=cfg.seed * 7919 + shard_index * 101 + step)
+
+    answers = policy.generate([[{"role": "user", "content": it["prompt"]}] for it in items], params(cfg.answer_tokens, 0))
+    rows = []
+    for it, a in zip(items, answers):
+        rows.append(
+            {
+                "id": it["id"],
+                "kind": it["kind"],
+                "category": it.get("category"),
+                "prompt": it["prompt"],
+                "initial": a.text,
+                "initial_finish": a.finish_reason,
+                "final": a.text,
+                "rounds": [],
+                "constitution_hash": chash,
+            }
+        )
+    if progress:
+        progress.advance(0, sum(a.completion_tokens for a in answers))
+    red = [r for r in rows if r["kind"] == "redteam"]
+    for rnd in range(1, cfg.rounds + 1):
+        if not red:
+            break
+        principles = [const.sample(_rng(cfg.seed, r["id"], rnd))[0] for r in red]
+        cconvs = [critique_conversation(const, p, r["prompt"], r["final"], few_shot=cfg.few_shot) for r, p in zip(red, principles)]
+        crits = critic.generate(cconvs, params(cfg.critique_tokens, rnd * 2 - 1))
+        tokens = sum(c.completion_tokens for c in crits)
+        todo = []
+        for k, (r, p, c) in enumerate(zip(red, principles, crits)):
+            critique = clean(c.text)
+            entry = {"round": rnd, "principle_id": p.id, "critique": critique, "critique_finish": c.finish_reason}
+            if cfg.skip_if_no_problem and finds_no_problem(critique):
+                entry.update(revision=None, skipped=True, accepted=False, flags=["no_problem_found"])
+            else:
+                todo.append(k)
+            r["rounds"].append(entry)
+        if todo:
+            rconvs = [revision_conversation(cconvs[k], principles[k], red[k]["rounds"][-1]["critique"]) for k in todo]
+            revs = reviser.generate(rconvs, params(cfg.revision_tokens, rnd * 2))
+            tokens += sum(v.completion_tokens for v in revs)
+            for k, v in zip(todo, revs):
+                r = red[k]
+                entry = r["rounds"][-1]
+                text = clean(v.text)
+                flags = quality.revision_flags(text, v.finish_reason, entry["critique"], r["final"])
+                accepted = not any(f in REJECTING_FLAGS for f in flags) and "unchanged" not in flags
+                entry.update(revision=text, revision_finish=v.finish_reason, skipped=False, accepted=accepted, flags=flags)
+                if accepted:
+                    r["final"] = text
+        if progress:
+            progress.advance(0, tokens)
+    for r in rows:
+        r["changed"] = quality.similarity(r["final"], r["initial"]) < 0.999
+    if progress:
+        progress.advance(len(items), 0)
+    return rows
+
+
+def sft_view(rows: list[dict]) -> list[dict]:
+    return [
+        {
+            "id": r["id"],
+            "messages": [{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["final"]}],
+        }
+        for r in rows
+    ]
+
+
+def preference_view(rows: list[dict]) -> list[dict]:
+    """Final revision (chosen) over initial answer (rejected), conversational format; only rows that changed."""
+    return [
+        {
+            "id": r["id"],
+            "prompt": [{"role": "user", "content": r["prompt"]}],
+            "chosen": [{"role": "assistant", "content": r["final"]}],
+            "rejected": [{"role": "assistant", "content": r["initial"]}],
+        }
+        for r in rows
+        if r["changed"]
+    ]
+
+
+def summarize(rows: list[dict]) -> dict:
+    red = [r for r in rows if r["kind"] == "redteam"]
+    flags: dict[str, int] = {}
+    n_rev = 0
+    accepted = 0
+    for r in red:
+        for e in r["rounds"]:
+            if not e.get("skipped"):
+                n_rev += 1
+            accepted += bool(e.get("accepted"))
+            for f in e.get("flags", []):
+                flags[f] = flags.get(f, 0) + 1
+    return {
+        "redteam_rows": len(red),
+        "helpful_rows": len(rows) - len(red),
+        "revisions_generated": n_rev,
+        "revisions_accepted": accepted,
+        "changed_from_initial": sum(r["changed"] for r in red),
+        "flags": dict(sorted(flags.items())),
+        "initial_truncated": sum(r["initial_finish"] == "length" for r in rows),
+    }
+
+
+def run_revise(
+    cfg: ReviseConfig,
+    run_dir: str,
+    *,
+    pool: BackendPool | None = None,
+    overwrite: bool = False,
+    on_progress: Callable[[Progress], None] | None = None,
+    on_ready: Callable[[Progress], None] | None = None,
+) -> dict:
+    """Run (or resume) the ``revise`` stage into ``run_dir/revise``. Returns the manifest."""
+    const = load_constitution(cfg.constitution)
+    red = load_prompts(cfg.prompts, split=cfg.prompt_split, column_map=cfg.column_map, limit=cfg.limit)
+    helpful = []
+    if cfg.helpful and cfg.helpful_limit != 0:
+        helpful = load_prompts(cfg.helpful, split="train", limit=cfg.helpful_limit)
+    items = [dict(r, kind="redteam") for r in red] + [dict(r, kind="helpful") for r in helpful]
+    stage = StageDir(run_dir, "revise")
+    state = stage.begin({"revise": cfg.model_dump(mode="json"), "constitution_hash": const.content_hash()}, overwrite=overwrite)
+    if state == "complete":
+        return stage.manifest()
+    pool = pool or BackendPool()
+    policy, critic, reviser = pool.get(cfg.policy), pool.get(cfg.critic), pool.get(cfg.reviser)
+    shards = [items[i : i + cfg.shard_size] for i in range(0, len(items), cfg.shard_size)]
+    already = sum(len(s) for i, s in enumerate(shards) if stage.shard_done(i))
+    prog = Progress(total=len(items), done=already, callback=on_progress)
+    prog.extra["resumed_rows"] = already
+    if on_ready:
+        on_ready(prog)
+    t0 = time.perf_counter()
+    for i, shard in enumerate(shards):
+        if stage.shard_done(i):
+            continue
+        stage.write_shard(i, revise_shard(shard, const, cfg, policy, critic, reviser, i, prog))
+    elapsed = time.perf_counter() - t0
+    rows = stage.read_shards(len(shards))
+    red_rows = [r for r in rows if r["kind"] == "redteam"]
+    stage.write_output("data.jsonl", rows)
+    stage.write_output("sft.jsonl", sft_view(red_rows))
+    stage.write_output("preference.jsonl", preference_view(red_rows))
+    stage.write_output("helpful.jsonl", sft_view([r for r in rows if r["kind"] == "helpful"]))
+    backends = {role: b for role, b in (("policy", policy), ("critic", critic), ("reviser", reviser))}
+    stats = {}
+    for b in {id(b): b for b in backends.values()}.values():
+        stats[b.model_id] = b.stats.as_dict()
+    summary = summarize(rows)
+    manifest = {
+        "constitution": {"name": const.name, "version": const.version, "hash": const.content_hash()},
+        "models": {role: b.describe() for role, b in backends.items()},
+        "counts": {"rows": len(rows), **summary},
+        "tokens": {"generated_this_session": prog.tokens, "backend_stats": stats},
+        "timing": {
+            "seconds_this_session": round(elapsed, 2),
+            "rows_this_session": len(rows) - already,
+            "generated_tokens_per_s": round(prog.tokens / elapsed, 2) if elapsed > 0 else None,
+            "resumed_rows": already,
+        },
+        "outputs": {
+            "data": "data.jsonl",
+            "sft": "sft.jsonl",
+            "preference": "preference.jsonl",
+            "helpful_sft": "helpful.jsonl",
+        },
+        "config": cfg.model_dump(mode="json"),
+    }
+    stage.finish(manifest)
+    return manifest

@@ -1,0 +1,249 @@
+"""OpenAIBackend against a real HTTP server on 127.0.0.1 (tests/openai_stub_server.py); the client is not mocked."""
+
+from __future__ import annotations
+
+import math
+import socket
+import time
+
+import pytest
+
+from cai.backends.base import GenParams
+from cai.backends.openai_backend import OpenAIBackend
+from cai.errors import ModelError
+from openai_stub_server import StubServer
+
+
+@pytest.fixture
+def server():
+    srv = StubServer().start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def make_backend(server):
+    made: list[OpenAIBackend] = []
+
+    def make(**kw) -> OpenAIBackend:
+        kw.setdefault("base_url", server.base_url)
+        kw.setdefault("backoff_s", 0.01)
+        kw.setdefault("timeout_s", 5.0)
+        kw.setdefault("api_key_env", "CAI_TEST_NO_SUCH_KEY_VAR")
+        b = OpenAIBackend(kw.pop("model", "stub-model"), **kw)
+        made.append(b)
+        return b
+
+    yield make
+    for b in made:
+        b.close()
+
+
+def conv(text: str) -> list[dict[str, str]]:
+    return [{"role": "system", "content": "be brief"}, {"role": "user", "content": text}]
+
+
+def _index(payload: dict) -> int:
+    return int(payload["messages"][-1]["content"].split()[-1])
+
+
+def test_generate_preserves_input_order_under_concurrency(server, make_backend):
+    n = 10
+    # Later requests answer first, so completion order is the reverse of input order.
+    server.delay_fn = lambda p: 0.02 * (n - _index(p))
+    b = make_backend(max_concurrency=n)
+    out = b.generate([conv(f"question {i}") for i in range(n)], GenParams(max_new_tokens=50))
+    assert [c.text for c in out] == [f"echo: question {i}" for i in range(n)]
+    assert server.peak_in_flight > 1
+    assert all(c.finish_reason == "stop" for c in out)
+
+
+def test_max_concurrency_is_respected(server, make_backend):
+    server.delay_fn = lambda p: 0.08
+    b = make_backend(max_concurrency=3)
+    out = b.generate([conv(f"q {i}") for i in range(12)], GenParams())
+    assert len(out) == 12
+    assert 1 < server.peak_in_flight <= 3
+
+
+def test_request_payload_and_completion_fields(server, make_backend):
+    b = make_backend()
+    params = GenParams(max_new_tokens=3, temperature=0.7, top_p=0.9, seed=11, stop=["\n\n"])
+    (c,) = b.generate([conv("one two three four")], params)
+    p = server.requests[-1]
+    assert p["model"] == "stub-model"
+    assert p["messages"] == conv("one two three four")
+    assert (p["max_tokens"], p["temperature"], p["top_p"], p["seed"], p["stop"]) == (3, 0.7, 0.9, 11, ["\n\n"])
+    assert c.text == "echo: one two"
+    assert c.finish_reason == "length"
+    assert (c.prompt_tokens, c.completion_tokens) == (6, 3)
+
+    b.generate([conv("x")], GenParams())
+    p = server.requests[-1]
+    assert "seed" not in p and "stop" not in p
+    assert "authorization" not in server.headers[-1]
+
+
+def test_trailing_assistant_prefill_is_sent_as_is(server, make_backend):
+    b = make_backend()
+    c = conv("pick one") + [{"role": "assistant", "content": "The answer is ("}]
+    b.generate([c], GenParams())
+    assert server.requests[-1]["messages"][-1] == {"role": "assistant", "content": "The answer is ("}
+    assert len(server.requests[-1]["messages"]) == 3
+
+
+def test_stats_are_updated(server, make_backend):
+    server.delay_fn = lambda p: 0.01
+    b = make_backend(max_concurrency=4)
+    b.generate([conv("a b"), conv("c d e"), conv("f")], GenParams())
+    s = b.stats
+    assert s.calls == 1
+    assert s.requests == 3
+    # prompt: "be brief" (2) + user words; completion: "echo:" + user words
+    assert s.prompt_tokens == (2 + 2) + (2 + 3) + (2 + 1)
+    assert s.completion_tokens == 3 + 4 + 2
+    assert s.generate_seconds > 0
+    b.generate([conv("g")], GenParams())
+    assert (b.stats.calls, b.stats.requests) == (2, 4)
+
+
+def test_retry_after_429_is_respected_and_capped(server, make_backend):
+    server.script(("status", 429, {"error": {"message": "rate limited"}}, {"Retry-After": "30"}))
+    b = make_backend(backoff_s=0.0)
+    b.retry_after_cap_s = 0.3
+    t0 = time.perf_counter()
+    (c,) = b.generate([conv("hello")], GenParams())
+    elapsed = time.perf_counter() - t0
+    assert c.text == "echo: hello"
+    assert server.chat_hits == 2
+    assert b.retries == 1
+    assert 0.3 <= elapsed < 3.0
+
+
+def test_retries_recover_from_5xx(server, make_backend):
+    server.script(("status", 500, "boom", {}), ("status", 503, "busy", {}))
+    b = make_backend()
+    (c,) = b.generate([conv("hello")], GenParams())
+    assert c.text == "echo: hello"
+    assert server.chat_hits == 3
+    assert b.retries == 2
+    assert b.stats.requests == 1
+
+
+def test_retries_recover_from_timeout(server, make_backend):
+    server.script(("sleep", 1.0))
+    b = make_backend(timeout_s=0.25)
+    t0 = time.perf_counter()
+    (c,) = b.generate([conv("slow")], GenParams())
+    assert c.text == "echo: slow"
+    assert server.chat_hits == 2
+    assert b.retries == 1
+    assert time.perf_counter() - t0 < 1.0
+
+
+def test_gives_up_after_max_retries_with_url_status_and_body(server, make_backend):
+    server.script(*[("status", 503, {"error": {"message": "overloaded right now"}}, {})] * 10)
+    b = make_backend(max_retries=2)
+    with pytest.raises(ModelError) as ei:
+        b.generate([conv("hello")], GenParams())
+    msg = str(ei.value)
+    assert f"{server.base_url}/chat/completions" in msg
+    assert "HTTP 503" in msg
+    assert "overloaded right now" in msg
+    assert "Fix:" in msg
+    assert server.chat_hits == 3
+
+
+def test_unknown_model_lists_available_models(server, make_backend):
+    b = make_backend(model="no-such-model")
+    with pytest.raises(ModelError) as ei:
+        b.generate([conv("hello")], GenParams())
+    err = ei.value
+    assert "no-such-model" in err.message
+    assert "stub-model, other-model" in err.message
+    assert err.fix is not None and "model:" in err.fix and "stub-model" in err.fix
+    assert server.chat_hits == 1  # not retried
+    assert server.models_hits == 1
+
+
+def test_400_about_context_length_is_not_called_an_unknown_model(server, make_backend):
+    body = {"error": {"message": "This model's maximum context length is 2048 tokens."}}
+    server.script(("status", 400, body, {}))
+    b = make_backend()
+    with pytest.raises(ModelError) as ei:
+        b.generate([conv("hello")], GenParams())
+    msg = str(ei.value)
+    assert "HTTP 400" in msg and "maximum context length" in msg
+    assert "does not serve" not in msg
+    assert server.chat_hits == 1
+
+
+def test_unauthorized_names_the_api_key_env_var(server, make_backend, monkeypatch):
+    server.api_key = "right-key"
+    monkeypatch.setenv("CAI_TEST_KEY", "wrong-key")
+    b = make_backend(api_key_env="CAI_TEST_KEY")
+    with pytest.raises(ModelError) as ei:
+        b.generate([conv("hello")], GenParams())
+    msg = str(ei.value)
+    assert "CAI_TEST_KEY" in msg and "401" in msg
+    assert "wrong-key" not in msg
+    assert server.chat_hits == 1  # not retried
+
+    monkeypatch.setenv("CAI_TEST_KEY", "right-key")
+    ok = make_backend(api_key_env="CAI_TEST_KEY")
+    (c,) = ok.generate([conv("hello")], GenParams())
+    assert c.text == "echo: hello"
+    assert server.headers[-1]["authorization"] == "Bearer right-key"
+    d = ok.describe()
+    assert d == {"backend": "openai", "model": "stub-model", "base_url": server.base_url}
+    assert "right-key" not in repr(d)
+
+
+def test_unreachable_server_fails_fast_with_clear_message():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    b = OpenAIBackend("m", base_url=f"http://127.0.0.1:{port}/v1", backoff_s=0.5, max_retries=4)
+    t0 = time.perf_counter()
+    with pytest.raises(ModelError) as ei:
+        b.generate([conv("hello"), conv("again")], GenParams())
+    assert time.perf_counter() - t0 < 2.0
+    err = ei.value
+    assert f"Cannot reach the OpenAI-compatible server at http://127.0.0.1:{port}/v1" in err.message
+    assert err.fix is not None and "start the server" in err.fix and "base_url" in err.fix
+    b.close()
+
+
+def test_option_logprobs_maps_tokens(server, make_backend):
+    server.top_logprobs = [("A", -0.5), (" B", -1.2), ("(A", -2.0), ("C", -3.0), (" ", -4.0)]
+    b = make_backend()
+    out = b.option_logprobs([conv("pick"), conv("pick again")], [["A", "B", "D"], ["B", "(C"]])
+    expected_a = math.log(math.exp(-0.5) + math.exp(-2.0))
+    assert out[0][0] == pytest.approx(expected_a)
+    assert out[0][1] == pytest.approx(-1.2)
+    assert out[0][2] is None
+    assert out[1] == [pytest.approx(-1.2), pytest.approx(-3.0)]
+    p = server.requests[-1]
+    assert (p["max_tokens"], p["temperature"], p["logprobs"], p["top_logprobs"]) == (1, 0, True, 20)
+    assert b.stats.requests == 2
+
+
+def test_option_logprobs_none_when_server_returns_no_logprobs(server, make_backend):
+    server.top_logprobs = None
+    b = make_backend()
+    out = b.option_logprobs([conv("pick")], [["A", "B"]])
+    assert out == [[None, None]]
+    assert server.chat_hits == 1
+
+
+def test_option_logprobs_none_when_server_rejects_logprobs(server, make_backend):
+    server.script(("status", 400, {"error": {"message": "logprobs are not supported"}}, {}))
+    b = make_backend()
+    assert b.option_logprobs([conv("pick")], [["A"]]) == [[None]]
+
+
+def test_option_logprobs_needs_one_option_list_per_conversation(server, make_backend):
+    b = make_backend()
+    with pytest.raises(ModelError):
+        b.option_logprobs([conv("a"), conv("b")], [["A"]])
