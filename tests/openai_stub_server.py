@@ -110,7 +110,8 @@ class StubServer:
         if payload.get("logprobs") and self.top_logprobs is not None:
             top = [{"token": t, "logprob": lp, "bytes": list(t.encode())} for t, lp in self.top_logprobs]
             first = top[0] if top else {"token": "", "logprob": 0.0}
-            choice["logprobs"] = {"content": [{"token": first["token"], "logprob": first["logprob"], "top_logprobs": top}]}
+            content = [{"token": first["token"], "logprob": first["logprob"], "top_logprobs": top}]
+            choice["logprobs"] = {"content": content}
         return {
             "id": "chatcmpl-stub",
             "object": "chat.completion",

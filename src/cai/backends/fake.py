@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import time
 from collections import deque
 from typing import Callable, Iterable
 
@@ -33,8 +34,10 @@ class FakeBackend(Backend):
         responses: Iterable[str] | None = None,
         fn: Callable[[Conversation], str] | None = None,
         logprob_fn: Callable[[Conversation, str], float | None] | None = None,
+        delay_s: float = 0.0,
     ):
         super().__init__(model_id)
+        self.delay_s = delay_s
         self._queue: deque[str] = deque(responses or [])
         self._fn = fn
         self._logprob_fn = logprob_fn
@@ -55,6 +58,8 @@ class FakeBackend(Backend):
         self.stats.calls += 1
         out = []
         for conv in conversations:
+            if self.delay_s:
+                time.sleep(self.delay_s)
             text = self._reply(conv)
             words = text.split()
             finish = "stop"

@@ -199,7 +199,7 @@ class OpenAIBackend(Backend):
             return []
         if len(conversations) == 1 or self.max_concurrency == 1:
             return [fn(c) for c in conversations]
-        pool = ThreadPoolExecutor(max_workers=len(conversations))
+        pool = ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(conversations)))
         try:
             futures = [pool.submit(fn, c) for c in conversations]
             return [f.result() for f in futures]

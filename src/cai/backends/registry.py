@@ -26,7 +26,12 @@ def register_backend(name: str):
 def _fake(spec: ModelSpec) -> Backend:
     from cai.backends.fake import FakeBackend
 
-    return FakeBackend(spec.model)
+    # "fake" or "fake:delay=0.05" (seconds per request, to make runs slow enough to interrupt)
+    opts = dict(kv.split("=", 1) for kv in spec.model.split(",") if "=" in kv)
+    unknown = set(opts) - {"delay"}
+    if unknown:
+        raise ConfigError(f"Unknown fake backend option(s) {sorted(unknown)} in '{spec.model}'.", fix="use fake or fake:delay=SECONDS.")
+    return FakeBackend("fake", delay_s=float(opts.get("delay", 0.0)))
 
 
 @register_backend("transformers")
