@@ -8,7 +8,6 @@ LRU and expanded over the batch, so only each prompt's own suffix is prefilled. 
 
 from __future__ import annotations
 
-import copy
 import os
 import time
 from collections import OrderedDict
@@ -26,6 +25,13 @@ def _pick_device(device: str) -> str:
     if torch.cuda.is_available():
         return "cuda"
     return "cpu"
+
+
+def _kv_pairs(cache):
+    """(key, value) tensors per layer of a transformers Cache."""
+    if hasattr(cache, "layers"):
+        return [(layer.keys, layer.values) for layer in cache.layers]
+    return [(k, v) for k, v in cache]
 
 
 class TransformersBackend(Backend):
@@ -143,7 +149,14 @@ class TransformersBackend(Backend):
         return [r for r in results if r is not None]
 
     def _generate_batch(self, seqs: list[list[int]], params: GenParams, batch_index: int) -> list[Completion]:
+        """Generate for one batch with a preallocated KV cache and an own decode loop.
+
+        The cache is allocated once for prefix + prompt + new tokens (no per-step concatenation); finished rows are
+        dropped from the batch as soon as enough of them are done, so a few long answers do not keep the whole batch
+        busy.
+        """
         import torch
+        from transformers import StaticCache
 
         p = 0
         if self.prefix_cache:
@@ -151,52 +164,112 @@ class TransformersBackend(Backend):
             p = min(p, min(len(s) for s in seqs) - 1)
             if p < self.min_prefix_tokens:
                 p = 0
-        suffixes = [s[p:] for s in seqs]
-        width = max(len(s) for s in suffixes)
-        rows, masks = [], []
-        for s in seqs:
-            pad = width - (len(s) - p)
-            rows.append(s[:p] + [self.pad_id] * pad + s[p:])
-            masks.append([1] * p + [0] * pad + [1] * (len(s) - p))
-        input_ids = torch.tensor(rows, device=self.device)
-        attn = torch.tensor(masks, device=self.device)
-        kwargs: dict[str, Any] = dict(
-            max_new_tokens=params.max_new_tokens,
-            pad_token_id=self.pad_id,
-            eos_token_id=sorted(self.eos_ids),
-        )
-        if params.greedy:
-            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        else:
-            kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=0)
-        if params.seed is not None:
-            torch.manual_seed(params.seed * 1_000_003 + batch_index)
+        B = len(seqs)
+        width = max(len(s) - p for s in seqs)
+        max_new = params.max_new_tokens
+        total = p + width + max_new
+        dev = self.device
+        ids = torch.full((B, width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((B, total), dtype=torch.long)
+        pos = torch.zeros((B, width), dtype=torch.long)
+        next_pos = torch.zeros(B, dtype=torch.long)
+        mask[:, :p] = 1
+        for i, s in enumerate(seqs):
+            suf = s[p:]
+            off = width - len(suf)
+            ids[i, off:] = torch.tensor(suf)
+            mask[i, p + off : p + width] = 1
+            pos[i, off:] = torch.arange(p, p + len(suf))
+            next_pos[i] = p + len(suf)
+        ids, mask, pos, next_pos = ids.to(dev), mask.to(dev), pos.to(dev), next_pos.to(dev)
+        cache = StaticCache(config=self.model.config, max_cache_len=total)
         if p:
-            kv = copy.deepcopy(self._prefix_kv(tuple(seqs[0][:p])))
-            kv.batch_repeat_interleave(len(seqs))
-            kwargs["past_key_values"] = kv
-            self.stats.cached_prefix_tokens += p * len(seqs)
+            prefix = self._prefix_kv(tuple(seqs[0][:p]))
+            for layer, (k, v) in zip(cache.layers, _kv_pairs(prefix)):
+                kb = k[:, :, :p].expand(B, -1, -1, -1)
+                vb = v[:, :, :p].expand(B, -1, -1, -1)
+                layer.lazy_initialization(kb, vb)
+                layer.keys[:, :, :p] = kb
+                layer.values[:, :, :p] = vb
+                layer.cumulative_length.fill_(p)
+            self.stats.cached_prefix_tokens += p * B
+        gen = None
+        if not params.greedy:
+            seed = (params.seed if params.seed is not None else 0) * 1_000_003 + batch_index
+            gen = torch.Generator(device=dev).manual_seed(seed)
+        alive = torch.arange(B, device=dev)  # original row index of each live row
+        out_tokens: list[list[int]] = [[] for _ in range(B)]
+        finished = [False] * B
+        eos = torch.tensor(sorted(self.eos_ids), device=dev)
+        cache_pos = torch.arange(p, p + width, device=dev)
+        cur_ids, cur_pos = ids, pos
         with torch.inference_mode():
-            out = self.model.generate(input_ids=input_ids, attention_mask=attn, **kwargs)
-        gen = out[:, input_ids.shape[1] :].tolist()
-        comps = []
-        for s, g in zip(seqs, gen):
-            n = len(g)
-            finish = "length"
-            for j, t in enumerate(g):
-                if t in self.eos_ids:
-                    n, finish = j, "stop"
+            for step in range(max_new):
+                logits = self.model(
+                    input_ids=cur_ids,
+                    attention_mask=mask,
+                    position_ids=cur_pos,
+                    past_key_values=cache,
+                    cache_position=cache_pos,
+                    use_cache=True,
+                    logits_to_keep=1,
+                ).logits[:, -1, :].float()
+                nxt = self._pick(logits, params, gen)
+                done_now = torch.isin(nxt, eos)
+                col = p + width + step
+                nl = nxt.tolist()
+                for j, r in enumerate(alive.tolist()):
+                    if not finished[r]:
+                        if bool(done_now[j]):
+                            finished[r] = True
+                        else:
+                            out_tokens[r].append(nl[j])
+                keep = torch.tensor([not finished[r] for r in alive.tolist()], device=dev)
+                if not bool(keep.any()):
                     break
-            text = self.tok.decode(g[:n], skip_special_tokens=True)
+                mask[:, col] = 1
+                cur_ids = nxt.unsqueeze(1)
+                cur_pos = next_pos.unsqueeze(1).clone()
+                next_pos = next_pos + 1
+                cache_pos = torch.tensor([col], device=dev)
+                n_alive = int(keep.sum())
+                if n_alive <= len(keep) * 3 // 4:  # compact: drop finished rows from every tensor and the cache
+                    idx = keep.nonzero().squeeze(1)
+                    alive, mask, cur_ids, cur_pos, next_pos = alive[idx], mask[idx], cur_ids[idx], cur_pos[idx], next_pos[idx]
+                    for layer in cache.layers:
+                        layer.keys = layer.keys.index_select(0, idx)
+                        layer.values = layer.values.index_select(0, idx)
+                        layer.batch_size = len(idx)
+        comps = []
+        for r, s in enumerate(seqs):
+            toks = out_tokens[r]
+            finish = "stop" if finished[r] else "length"
+            text = self.tok.decode(toks, skip_special_tokens=True)
             for stop in params.stop:
                 k = text.find(stop)
                 if k >= 0:
                     text, finish = text[:k], "stop"
-            comps.append(Completion(text=text.strip(), prompt_tokens=len(s), completion_tokens=n, finish_reason=finish))
+            comps.append(Completion(text=text.strip(), prompt_tokens=len(s), completion_tokens=len(toks), finish_reason=finish))
             self.stats.requests += 1
             self.stats.prompt_tokens += len(s)
-            self.stats.completion_tokens += n
+            self.stats.completion_tokens += len(toks)
         return comps
+
+    @staticmethod
+    def _pick(logits, params: GenParams, gen):
+        import torch
+
+        if params.greedy:
+            return logits.argmax(-1)
+        logits = logits / params.temperature
+        probs = torch.softmax(logits, -1)
+        if params.top_p < 1.0:
+            sp, si = probs.sort(-1, descending=True)
+            cum = sp.cumsum(-1)
+            sp[(cum - sp) > params.top_p] = 0
+            probs = torch.zeros_like(probs).scatter(-1, si, sp)
+            probs = probs / probs.sum(-1, keepdim=True)
+        return torch.multinomial(probs, 1, generator=gen).squeeze(1)
 
     # --- scoring ----------------------------------------------------------------------------------------------------
     def option_logprobs(self, conversations: list[Conversation], options: list[list[str]]) -> list[list[float | None]]:
