@@ -1,0 +1,64 @@
+"""``cai pipeline CONFIG``: the whole Constitutional AI pipeline from one YAML file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from cai.cli.common import StageProgress, console, handle_errors, out
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    @handle_errors
+    def pipeline(
+        config: str = typer.Argument(..., help="Pipeline YAML (see configs/demo-pipeline.yaml)"),
+        run: Optional[str] = typer.Option(None, "--run", help="Override the run name in the config"),
+        runs_dir: Optional[str] = typer.Option(None, "--runs-dir", help="Override the runs folder"),
+        stages: Optional[str] = typer.Option(None, "--stages", help="Comma-separated subset of stages to run"),
+    ) -> None:
+        """Run revise -> sft -> pairs -> label -> reward -> rl -> dpo -> eval; a rerun resumes where it stopped."""
+        from cai.pipeline import load_pipeline_config, run_pipeline
+
+        cfg = load_pipeline_config(config)
+        if run:
+            cfg.run = run
+        if runs_dir:
+            cfg.runs_dir = runs_dir
+        if stages:
+            from cai.pipeline import PipelineConfig
+
+            cfg = PipelineConfig.model_validate({**cfg.model_dump(), "stages": [s.strip() for s in stages.split(",")]})
+
+        def on_stage(name: str, what: str) -> None:
+            console.print(f"[bold cyan]== {name}[/]: {what}")
+
+        manifests = run_pipeline(cfg, on_stage=on_stage, progress_factory=StageProgress)
+        print_pipeline_summary(Path(cfg.runs_dir) / cfg.run, manifests)
+
+
+def print_pipeline_summary(run_dir: Path, manifests: dict) -> None:
+    out.print(f"\n[bold green]pipeline done[/]: {run_dir}")
+    timing = {}
+    pj = run_dir / "pipeline.json"
+    if pj.exists():
+        timing = json.loads(pj.read_text()).get("seconds", {})
+    for stage in manifests:
+        where = run_dir / stage
+        model = where / "model"
+        extra = f"  model: {model}" if model.exists() else ""
+        secs = f" ({timing[stage]} s)" if stage in timing else ""
+        out.print(f"  {stage:7s} {where}{secs}{extra}")
+    lab = manifests.get("label")
+    if lab:
+        s = lab.get("stats") or lab.get("label_stats") or {}
+        if s:
+            out.print("  labeler: " + ", ".join(f"{k}={v}" for k, v in s.items() if not isinstance(v, (dict, list))))
+        for w in lab.get("warnings", []):
+            out.print(f"  [yellow]warning[/]: {w}")
+    summary = run_dir / "eval" / "summary.md"
+    if summary.exists():
+        out.print("\n" + summary.read_text(encoding="utf-8"), markup=False, highlight=False)
