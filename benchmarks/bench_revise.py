@@ -93,6 +93,7 @@ def main() -> None:
         critique_tokens=args.critique_tokens,
         revision_tokens=args.revision_tokens,
         shard_size=len(items),
+        repetition_penalty=1.0,  # plain greedy on both sides, so both produce the same text
     )
     backend = TransformersBackend(str(embedded_model_dir()), batch_size=args.batch_size)
     print(f"torch threads: {torch.get_num_threads()}; {len(items)} prompts x {args.rounds} rounds; "

@@ -24,6 +24,8 @@ class GenParams:
     top_p: float = 1.0
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
+    #: >1 discourages tokens this answer already produced (local backends; servers that support it get it as is)
+    repetition_penalty: float = 1.0
 
     @property
     def greedy(self) -> bool:

@@ -203,6 +203,8 @@ class TransformersBackend(Backend):
         eos = torch.tensor(sorted(self.eos_ids), device=dev)
         cache_pos = torch.arange(p, p + width, device=dev)
         cur_ids, cur_pos = ids, pos
+        penalize = params.repetition_penalty != 1.0
+        seen = torch.zeros((B, self.model.config.vocab_size), dtype=torch.bool, device=dev) if penalize else None
         with torch.inference_mode():
             for step in range(max_new):
                 logits = self.model(
@@ -214,7 +216,12 @@ class TransformersBackend(Backend):
                     use_cache=True,
                     logits_to_keep=1,
                 ).logits[:, -1, :].float()
+                if seen is not None:
+                    rp = params.repetition_penalty
+                    logits = torch.where(seen, torch.where(logits > 0, logits / rp, logits * rp), logits)
                 nxt = self._pick(logits, params, gen)
+                if seen is not None:
+                    seen[torch.arange(len(nxt), device=dev), nxt] = True
                 done_now = torch.isin(nxt, eos)
                 col = p + width + step
                 nl = nxt.tolist()
@@ -236,6 +243,8 @@ class TransformersBackend(Backend):
                 if n_alive <= len(keep) * 3 // 4:  # compact: drop finished rows from every tensor and the cache
                     idx = keep.nonzero().squeeze(1)
                     alive, mask, cur_ids, cur_pos, next_pos = alive[idx], mask[idx], cur_ids[idx], cur_pos[idx], next_pos[idx]
+                    if seen is not None:
+                        seen = seen[idx]
                     for layer in cache.layers:
                         layer.keys = layer.keys.index_select(0, idx)
                         layer.values = layer.values.index_select(0, idx)

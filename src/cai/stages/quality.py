@@ -20,13 +20,16 @@ def similarity(a: str, b: str) -> float:
     return difflib.SequenceMatcher(None, a, b, autojunk=False).ratio()
 
 
-def revision_flags(revision: str, finish_reason: str, critique: str, previous: str, *, copy_threshold: float = 0.8) -> list[str]:
+def revision_flags(
+    revision: str, finish_reason: str, critique: str, previous: str, *, copy_threshold: float = 0.8, repeat_threshold: float = 0.12
+) -> list[str]:
     """Problems with a revision. An empty list means it is accepted.
 
     - ``empty``: nothing (or only whitespace/punctuation) came back;
     - ``truncated``: generation stopped at the token limit;
     - ``repeats_critique``: the revision is mostly the critique text again;
-    - ``unchanged``: identical to the answer it should revise.
+    - ``unchanged``: identical to the answer it should revise;
+    - ``repetitive``: one word 3-gram takes a large share of the text (a degenerate loop).
     """
     flags = []
     if len(_norm(re.sub(r"[^\w]", " ", revision))) == 0:
@@ -37,4 +40,19 @@ def revision_flags(revision: str, finish_reason: str, critique: str, previous: s
         flags.append("repeats_critique")
     if _norm(revision) == _norm(previous):
         flags.append("unchanged")
+    if repeat_share(revision) >= repeat_threshold:
+        flags.append("repetitive")
     return flags
+
+
+def repeat_share(text: str, n: int = 3) -> float:
+    """Share of the text's word n-grams taken by its most repeated n-gram (0 for texts shorter than 4 n-grams)."""
+    words = _norm(text).split()
+    grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+    if len(grams) < 4:
+        return 0.0
+    counts: dict[tuple, int] = {}
+    for g in grams:
+        counts[g] = counts.get(g, 0) + 1
+    top = max(counts.values())
+    return 0.0 if top < 3 else top / len(grams)

@@ -23,7 +23,7 @@ from cai.runs import StageDir
 from cai.stages import quality
 from cai.stages.sl_prompts import clean, critique_conversation, finds_no_problem, revision_conversation
 
-REJECTING_FLAGS = ("empty", "truncated", "repeats_critique")
+REJECTING_FLAGS = ("empty", "truncated", "repeats_critique", "repetitive")
 
 
 class ReviseConfig(BaseModel):
@@ -47,6 +47,9 @@ class ReviseConfig(BaseModel):
     critique_tokens: int = Field(default=96, ge=1, description="Max new tokens of a critique")
     revision_tokens: int = Field(default=192, ge=1, description="Max new tokens of a revision")
     temperature: float = Field(default=0.0, ge=0, description="Sampling temperature for every step (0 = greedy)")
+    repetition_penalty: float = Field(
+        default=1.2, ge=1.0, description="Discourages tokens an answer already produced (small models loop without it)"
+    )
     policy: ModelSpec = Field(default_factory=ModelSpec, description="Model that writes the initial answers")
     critic: ModelSpec = Field(default_factory=ModelSpec, description="Model that writes critiques")
     reviser: ModelSpec = Field(default_factory=ModelSpec, description="Model that writes revisions")
@@ -87,7 +90,12 @@ def revise_shard(
     chash = const.content_hash()
 
     def params(tokens: int, step: int) -> GenParams:
-        return GenParams(max_new_tokens=tokens, temperature=cfg.temperature, seed=cfg.seed * 7919 + shard_index * 101 + step)
+        return GenParams(
+            max_new_tokens=tokens,
+            temperature=cfg.temperature,
+            seed=cfg.seed * 7919 + shard_index * 101 + step,
+            repetition_penalty=cfg.repetition_penalty,
+        )
 
     answers = policy.generate([[{"role": "user", "content": it["prompt"]}] for it in items], params(cfg.answer_tokens, 0))
     rows = []
