@@ -54,7 +54,7 @@ def register(app: typer.Typer) -> None:
         cfg = load_stage_config(ReviseConfig, config, overrides, section="revise")
         run_dir = Path(runs_dir) / run
         with StageProgress("revise") as bar:
-            manifest = run_revise(cfg, str(run_dir), on_progress=bar.update, on_ready=bar.ready)
+            manifest = run_revise(cfg, str(run_dir), overwrite=overwrite, on_progress=bar.update, on_ready=bar.ready)
         print_summary(run_dir / "revise", manifest)
 
 

@@ -61,10 +61,12 @@ def validate_constitution_file(path: str | Path) -> tuple[Constitution | None, l
     name = str(path)
     if not path.exists():
         return None, [Problem(name, None, "(file)", "file not found; pass the path of a constitution YAML file")]
+    raw = path.read_bytes()
     try:
-        text = path.read_text(encoding="utf-8")
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        return None, [Problem(name, None, "(file)", f"not valid UTF-8 ({e.reason} at byte {e.start}); save it as UTF-8")]
+        line = raw[: e.start].count(b"\n") + 1
+        return None, [Problem(name, line, "(file)", f"not valid UTF-8 ({e.reason} at byte {e.start}); save it as UTF-8")]
     try:
         node = yaml.compose(text)
         data = yaml.safe_load(text)
@@ -75,6 +77,9 @@ def validate_constitution_file(path: str | Path) -> tuple[Constitution | None, l
     if not isinstance(data, dict):
         return None, [Problem(name, 1, "(top level)", "expected a mapping with keys name, version, principles")]
     lines = _line_index(node) if node is not None else {}
+    cross = _cross_reference_problems(data, lines, name)
+    if cross:
+        return None, cross
     try:
         return Constitution.model_validate(data), []
     except ValidationError as e:
@@ -93,6 +98,30 @@ def validate_constitution_file(path: str | Path) -> tuple[Constitution | None, l
                 msg = "required field is missing; add it"
             problems.append(Problem(name, line, _fmt_loc(loc), msg))
         return None, problems
+
+
+def _cross_reference_problems(data: dict, lines: dict, name: str) -> list[Problem]:
+    """Duplicate principle ids and demonstrations naming unknown principles, located at their own lines."""
+    problems = []
+    principles = data.get("principles")
+    ids: list[str] = []
+    if isinstance(principles, list):
+        for i, p in enumerate(principles):
+            pid = p.get("id") if isinstance(p, dict) else None
+            if not isinstance(pid, str):
+                continue
+            if pid in ids:
+                problems.append(Problem(name, lines.get(("principles", i, "id")), f"principles[{i}].id",
+                                        f"duplicate principle id '{pid}'; every principle needs a unique id"))
+            ids.append(pid)
+    demos = data.get("demonstrations")
+    if isinstance(demos, list) and ids:
+        for i, d in enumerate(demos):
+            ref = d.get("principle_id") if isinstance(d, dict) else None
+            if isinstance(ref, str) and ref not in ids:
+                problems.append(Problem(name, lines.get(("demonstrations", i, "principle_id")), f"demonstrations[{i}].principle_id",
+                                        f"demonstrations[{i}].principle_id '{ref}' names no principle; use one of: {', '.join(sorted(set(ids)))}"))
+    return problems
 
 
 def load_constitution(path: str | Path | None = None) -> Constitution:

@@ -63,7 +63,9 @@ def _read_raw(path: Path) -> tuple[list[dict[str, Any]], list[int]]:
                 f"{path} is a folder but not a saved Hugging Face dataset ({e}).",
                 fix="save it with `Dataset.save_to_disk(path)`, or pass a .jsonl/.csv/.parquet file.",
             ) from None
-        if hasattr(ds, "keys") and not hasattr(ds, "column_names"):
+        from datasets import DatasetDict
+
+        if isinstance(ds, DatasetDict):
             raise UserInputError(
                 f"{path} holds a DatasetDict with splits {list(ds.keys())}.",
                 fix="pass the folder of one split (e.g. PATH/train).",
