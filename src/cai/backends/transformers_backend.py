@@ -288,15 +288,38 @@ class TransformersBackend(Backend):
         if len(conversations) != len(options):
             raise ModelError("option_logprobs needs one option list per conversation")
         items: list[tuple[int, int, list[int], int]] = []  # (row, option index, ids, prompt length)
+        single: list[tuple[int, list[int], list[int]]] = []  # (row, prompt ids, one token id per option)
         for r, (conv, opts) in enumerate(zip(conversations, options)):
             base = self.encode(conv)
-            for k, o in enumerate(opts):
+            fulls = []
+            for o in opts:
                 # Tokenize prompt+option jointly as text so merges at the boundary match what the model would emit.
                 full = self.tok.encode(self.tok.decode(base) + o, add_special_tokens=False)
                 if full[: len(base)] != base:
                     full = base + self.tok.encode(o, add_special_tokens=False)
-                items.append((r, k, full, len(base)))
+                fulls.append(full)
+            if opts and all(len(f) == len(base) + 1 for f in fulls):
+                single.append((r, base, [f[-1] for f in fulls]))
+            else:
+                items.extend((r, k, f, len(base)) for k, f in enumerate(fulls))
         result: list[list[float | None]] = [[None] * len(o) for o in options]
+        # Options of one token each (A/B labels): one forward pass per conversation, last position only.
+        single.sort(key=lambda x: len(x[1]))
+        for start in range(0, len(single), self.batch_size):
+            chunk = single[start : start + self.batch_size]
+            width = max(len(x[1]) for x in chunk)
+            ids = torch.full((len(chunk), width), self.pad_id, dtype=torch.long)
+            mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            for j, (_, base, _) in enumerate(chunk):
+                ids[j, width - len(base) :] = torch.tensor(base)
+                mask[j, width - len(base) :] = 1
+            with torch.inference_mode():
+                logits = self.model(
+                    input_ids=ids.to(self.device), attention_mask=mask.to(self.device), logits_to_keep=1
+                ).logits[:, -1].float()
+            logp = torch.log_softmax(logits, dim=-1)
+            for j, (r, _, toks) in enumerate(chunk):
+                result[r] = [float(logp[j, t]) for t in toks]
         items.sort(key=lambda x: len(x[2]))
         for start in range(0, len(items), self.batch_size):
             chunk = items[start : start + self.batch_size]
