@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Set up (or reuse) .venv and run SL-CAI on the embedded model, offline, on CPU:
-# 16 shipped red-team prompts x 2 critique-revision rounds (+ 8 helpful prompts for SFT mixing).
-# Rerunning resumes (or, when finished, just prints the summary). Extra arguments go to `cai revise`.
+# Set up (or reuse) .venv and run the whole Constitutional AI pipeline on the embedded model, offline, on CPU:
+# SL-CAI (16 red-team prompts x 2 critique-revision rounds, then SFT), RL-CAI (pairs, AI labels, reward model, GRPO)
+# and a base vs SL-CAI vs RL-CAI comparison on the held-out prompts, then the HTML report.
+# Rerunning resumes where a killed run stopped. Extra arguments go to `cai pipeline`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-exec .venv/bin/cai revise --run demo --limit 16 --helpful-limit 8 --rounds 2 "$@"
+.venv/bin/cai pipeline configs/demo-pipeline.yaml "$@"
+.venv/bin/cai report runs/demo-pipeline

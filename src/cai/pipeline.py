@@ -70,12 +70,9 @@ def _stage_table() -> dict[str, tuple[type, Callable]]:
         "dpo": (DPOStageConfig, run_dpo),
         "eval": (EvalConfig, run_evaluate),
     }
-    try:
-        from cai.stages.rl import RLConfig, run_rl
+    from cai.stages.rl import RLStageConfig, run_rl
 
-        table["rl"] = (RLConfig, run_rl)
-    except ImportError:  # pragma: no cover - rl stage missing from an install
-        pass
+    table["rl"] = (RLStageConfig, run_rl)
     return table
 
 
@@ -141,6 +138,7 @@ def run_pipeline(
     *,
     pool: BackendPool | None = None,
     on_stage: Callable[[str, str], None] | None = None,
+    on_done: Callable[[str, dict], None] | None = None,
     progress_factory: Callable[[str], Any] | None = None,
 ) -> dict:
     """Run every selected stage in order. Returns {stage: manifest}."""
@@ -187,5 +185,7 @@ def run_pipeline(
         timings[name] = round(time.perf_counter() - t0, 1)
         if on_stage:
             on_stage(name, f"done in {timings[name]} s")
+        if on_done:
+            on_done(name, manifests[name])
     write_json(run_dir / "pipeline.json", {"stages": active, "seconds": timings, "config": cfg.model_dump(mode="json")})
     return manifests

@@ -36,7 +36,15 @@ def register(app: typer.Typer) -> None:
         def on_stage(name: str, what: str) -> None:
             console.print(f"[bold cyan]== {name}[/]: {what}")
 
-        manifests = run_pipeline(cfg, on_stage=on_stage, progress_factory=StageProgress)
+        run_dir = Path(cfg.runs_dir) / cfg.run
+
+        def on_done(name: str, manifest: dict) -> None:
+            if name == "revise":
+                from cai.cli.revise_cmd import print_summary
+
+                print_summary(run_dir / "revise", manifest)
+
+        manifests = run_pipeline(cfg, on_stage=on_stage, on_done=on_done, progress_factory=StageProgress)
         print_pipeline_summary(Path(cfg.runs_dir) / cfg.run, manifests)
 
 

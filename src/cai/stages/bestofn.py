@@ -1,0 +1,200 @@
+"""Best-of-N sampling: a no-training baseline for RL against the same reward model.
+
+For every prompt the policy samples ``n`` answers (all ``n`` copies of every prompt of a shard go to the backend in
+one ``generate`` call), the reward model scores each, and the highest-scoring answer is kept. Comparing the mean
+reward of the chosen answers with the mean reward of a random candidate (the mean over all candidates, i.e. its
+expected value, and one seeded draw) shows how much the reward model can buy by selection alone; ``cai rl`` should
+beat best-of-N at a similar KL to be worth its training. Refusal rate, length and 3-gram repetition of the chosen
+answers vs all candidates show whether selection favours refusing or boilerplate.
+
+Output ``runs/<run>/bestofn/``: ``answers.jsonl`` (one row per prompt: every candidate with its reward, the index and
+text of the chosen one), ``shards/`` (the resume unit), ``manifest.json`` last.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from cai.backends.base import GenParams
+from cai.backends.registry import BackendPool
+from cai.backends.spec import ModelSpec
+from cai.data.readers import load_prompts
+from cai.errors import UserInputError
+from cai.runs import StageDir
+from cai.train.rl_metrics import completion_metrics, refusal_classifier
+
+
+class BestOfNConfig(BaseModel):
+    """Settings of ``cai bestofn``; YAML keys (a ``bestofn:`` section or flat keys) and CLI flags use these names."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    n: int = Field(default=4, ge=1, description="Answers sampled per prompt; the reward model keeps the best")
+    policy: ModelSpec | None = Field(
+        default=None, description="Model that samples: null = this run's sft/model if present, else 'embedded'"
+    )
+    reward_model: str | None = Field(
+        default=None, description="Reward model folder: null = this run's reward/model (written by `cai reward`)"
+    )
+    prompts: str = Field(default="redteam", description="Prompts: 'redteam' or 'helpful' (shipped) or a file path")
+    prompt_split: str = Field(default="eval", description="Split of the prompt file: eval (default), train or all")
+    column_map: dict[str, str] = Field(default_factory=dict, description="Our field -> your column, e.g. {prompt: question}")
+    limit: int | None = Field(default=None, ge=1, description="Use only the first N prompts")
+    max_new_tokens: int = Field(default=160, ge=1, description="Max new tokens per sampled answer")
+    temperature: float = Field(default=0.8, gt=0, description="Sampling temperature (must be > 0 to get distinct answers)")
+    top_p: float = Field(default=0.95, gt=0, le=1, description="Nucleus sampling")
+    seed: int = Field(default=0, description="Seeds sampling and the random-candidate draw")
+    shard_size: int = Field(default=8, ge=1, description="Prompts per shard (n x this answers per generate call; resume unit)")
+    reward_batch_size: int = Field(default=8, ge=1, description="Sequences per reward-model forward pass")
+    device: str = Field(default="auto", description="Reward model device: auto, cpu or cuda")
+
+
+def resolve_policy_spec(cfg: BestOfNConfig, run_dir: Path) -> tuple[ModelSpec, str]:
+    if cfg.policy is not None:
+        return cfg.policy, "config"
+    sft_model = run_dir / "sft" / "model"
+    if (sft_model / "config.json").exists():
+        return ModelSpec(model=str(sft_model)), "this run's sft/model"
+    return ModelSpec(), "default: no sft/model in this run"
+
+
+def resolve_reward_model(value: str | None, run_dir: Path) -> Path:
+    from cai.stages.reward import resolve_reward_dir
+
+    if value is None:
+        p = run_dir / "reward" / "model"
+        if not (p / "config.json").exists():
+            raise UserInputError(
+                f"reward_model: this run has no trained reward model ({p} does not exist).",
+                fix=f"run `cai reward --run {run_dir.name}` first (same --runs-dir), or pass --reward-model FOLDER.",
+            )
+        return p
+    p = resolve_reward_dir(value)
+    if not (p / "config.json").exists():
+        raise UserInputError(
+            f"reward_model: '{value}' is not a reward model folder (no config.json).",
+            fix="pass the folder written by `cai reward` (runs/RUN/reward/model).",
+        )
+    return p
+
+
+def best_of_n_shard(items: list[dict], cfg: BestOfNConfig, policy: Any, scorer: Any, shard_index: int) -> list[dict]:
+    """Sample ``cfg.n`` answers per prompt in one generate call, score them, keep the best (first on ties)."""
+    convs = [[{"role": "user", "content": it["prompt"]}] for it in items for _ in range(cfg.n)]
+    params = GenParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                       seed=cfg.seed * 7919 + shard_index)
+    comps = policy.generate(convs, params)
+    texts = [c.text for c in comps]
+    rewards = scorer.score([c[0]["content"] for c in convs], texts, batch_size=cfg.reward_batch_size)
+    rows = []
+    for k, it in enumerate(items):
+        cand = []
+        for j in range(cfg.n):
+            c = comps[k * cfg.n + j]
+            cand.append({"text": c.text, "reward": round(float(rewards[k * cfg.n + j]), 6),
+                         "finish_reason": c.finish_reason, "tokens": c.completion_tokens})
+        best = max(range(cfg.n), key=lambda j: (cand[j]["reward"], -j))
+        rnd = random.Random(f"{cfg.seed}:{it['id']}").randrange(cfg.n)
+        rows.append({
+            "id": it["id"],
+            "prompt": it["prompt"],
+            "category": it.get("category"),
+            "candidates": cand,
+            "chosen_index": best,
+            "chosen": cand[best]["text"],
+            "chosen_reward": cand[best]["reward"],
+            "random_index": rnd,
+            "mean_reward": round(sum(c["reward"] for c in cand) / cfg.n, 6),
+        })
+    return rows
+
+
+def summarize(rows: list[dict]) -> dict[str, Any]:
+    n = len(rows)
+    prompts = [r["prompt"] for r in rows]
+    chosen = [r["chosen"] for r in rows]
+    all_p = [r["prompt"] for r in rows for _ in r["candidates"]]
+    all_t = [c["text"] for r in rows for c in r["candidates"]]
+    best = sum(r["chosen_reward"] for r in rows) / n
+    expected_random = sum(r["mean_reward"] for r in rows) / n
+    drawn = sum(r["candidates"][r["random_index"]]["reward"] for r in rows) / n
+    return {
+        "prompts": n,
+        "mean_best_reward": round(best, 6),
+        "mean_random_candidate_reward": round(expected_random, 6),
+        "mean_drawn_candidate_reward": round(drawn, 6),
+        "best_minus_random": round(best - expected_random, 6),
+        "mean_worst_reward": round(sum(min(c["reward"] for c in r["candidates"]) for r in rows) / n, 6),
+        "chosen": completion_metrics(prompts, chosen),
+        "all_candidates": completion_metrics(all_p, all_t),
+    }
+
+
+def run_bestofn(
+    cfg: BestOfNConfig,
+    run_dir: str | Path,
+    *,
+    pool: BackendPool | None = None,
+    scorer: Any = None,
+    overwrite: bool = False,
+    on_progress: Callable[[int, int, int], None] | None = None,
+) -> dict:
+    """Run (or resume) ``cai bestofn`` into ``run_dir/bestofn``. Returns the manifest.
+
+    ``scorer`` (anything with ``score(prompts, answers, batch_size=...)``) replaces the reward model (tests).
+    ``on_progress(prompts_done, prompts_total, tokens_generated_this_session)`` is called after each shard.
+    """
+    run_dir = Path(run_dir)
+    spec, policy_source = resolve_policy_spec(cfg, run_dir)
+    reward_path = None if scorer is not None else resolve_reward_model(cfg.reward_model, run_dir)
+    items = load_prompts(cfg.prompts, split=cfg.prompt_split, column_map=cfg.column_map, limit=cfg.limit)
+    if not items:
+        raise UserInputError(f"prompts: '{cfg.prompts}' (split {cfg.prompt_split}) has no prompts.",
+                             fix="check the file, prompt_split (train, eval or all) and limit.")
+    items = [dict(r, id=str(r.get("id", i))) for i, r in enumerate(items)]
+    stage = StageDir(run_dir, "bestofn")
+    state = stage.begin({"bestofn": cfg.model_dump(mode="json"), "policy": spec.label(),
+                         "reward_model": str(reward_path) if reward_path else "custom scorer"}, overwrite=overwrite)
+    if state == "complete":
+        return stage.manifest()
+    shards = [items[i : i + cfg.shard_size] for i in range(0, len(items), cfg.shard_size)]
+    resumed = sum(len(s) for i, s in enumerate(shards) if stage.shard_done(i))
+    t0 = time.perf_counter()
+    todo = [i for i in range(len(shards)) if not stage.shard_done(i)]
+    if todo:
+        pool = pool or BackendPool()
+        policy = pool.get(spec)
+        if scorer is None:
+            from cai.stages.reward import RewardScorer
+
+            scorer = RewardScorer(reward_path, device=cfg.device, batch_size=cfg.reward_batch_size)
+        done, tokens = resumed, 0
+        for i in todo:
+            rows = best_of_n_shard(shards[i], cfg, policy, scorer, i)
+            stage.write_shard(i, rows)
+            done += len(shards[i])
+            tokens += sum(c["tokens"] for r in rows for c in r["candidates"])
+            if on_progress:
+                on_progress(done, len(items), tokens)
+    seconds = time.perf_counter() - t0
+    rows = stage.read_shards(len(shards))
+    stage.write_output("answers.jsonl", rows)
+    _, refusal_name = refusal_classifier()
+    manifest = {
+        "policy": {"model": spec.label(), "source": policy_source},
+        "reward_model": str(reward_path) if reward_path else "custom scorer",
+        "n": cfg.n,
+        "summary": summarize(rows),
+        "refusal_classifier": refusal_name,
+        "timing": {"seconds_this_session": round(seconds, 2), "resumed_prompts": resumed,
+                   "answers_this_session": (len(items) - resumed) * cfg.n},
+        "outputs": {"answers": "answers.jsonl"},
+        "config": cfg.model_dump(mode="json"),
+    }
+    stage.finish(manifest)
+    return manifest
