@@ -33,15 +33,30 @@ def main(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
 ) -> None:
     """Constitutional AI toolkit."""
-    if debug:
-        common.DEBUG["on"] = True
+    common.DEBUG["on"] = debug or bool(os.environ.get("CAI_DEBUG"))
 
 
 def _register() -> None:
-    from cai.cli import constitution_cmd, revise_cmd
+    # One module per command group, in pipeline order.
+    from cai.cli import (
+        constitution_cmd,
+        eval_cmd,
+        pipeline_cmd,
+        report_cmd,
+        revise_cmd,
+        rl_cmd,
+        rlaif_cmd,
+        train_cmd,
+    )
 
     app.add_typer(constitution_cmd.app, name="constitution")
     revise_cmd.register(app)
+    train_cmd.register(app)
+    rlaif_cmd.register(app)
+    rl_cmd.register(app)
+    eval_cmd.register(app)
+    report_cmd.register(app)
+    pipeline_cmd.register(app)
 
 
 _register()

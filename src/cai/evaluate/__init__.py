@@ -1,0 +1,1 @@
+"""Evaluation: a local refusal classifier, pluggable judges, statistics with confidence intervals, benchmark readers."""
