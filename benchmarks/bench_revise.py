@@ -1,6 +1,6 @@
 """Benchmark: the SL-CAI engine against a naive loop, same job, same model, one run.
 
-    .venv/bin/python benchmarks/bench_revise.py                 # 32 prompts, 2 rounds, embedded model
+    .venv/bin/python benchmarks/bench_revise.py                 # 32 prompts, 2 rounds, embedded model (~15 min)
     .venv/bin/python benchmarks/bench_revise.py --prompts 16 --rounds 1 --answer-tokens 64
 
 Both sides run the same SL-CAI job (same red-team prompts, principles, rounds, seed, token limits, greedy decoding)
@@ -67,9 +67,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--prompts", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--answer-tokens", type=int, default=96)
-    ap.add_argument("--critique-tokens", type=int, default=64)
-    ap.add_argument("--revision-tokens", type=int, default=96)
+    ap.add_argument("--answer-tokens", type=int, default=64)
+    ap.add_argument("--critique-tokens", type=int, default=48)
+    ap.add_argument("--revision-tokens", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()

@@ -62,9 +62,14 @@ def print_pipeline_summary(run_dir: Path, manifests: dict) -> None:
         out.print(f"  {stage:7s} {where}{secs}{extra}")
     lab = manifests.get("label")
     if lab:
-        s = lab.get("stats") or lab.get("label_stats") or {}
+        s = lab.get("labels") or {}
         if s:
-            out.print("  labeler: " + ", ".join(f"{k}={v}" for k, v in s.items() if not isinstance(v, (dict, list))))
+            out.print(
+                f"  labeler {lab.get('model', {}).get('model', '?')}: position consistency "
+                f"{s.get('position_consistency_rate')}, mean confidence {s.get('mean_confidence')}, "
+                f"kept after confidence filter {s.get('kept_after_filter')}/{s.get('n')} "
+                f"(min_confidence {s.get('min_confidence')}), abstentions {s.get('abstentions')}"
+            )
         for w in lab.get("warnings", []):
             out.print(f"  [yellow]warning[/]: {w}")
     summary = run_dir / "eval" / "summary.md"

@@ -318,7 +318,7 @@ def run_evaluate(
         return stage.manifest()
     pool = pool or BackendPool()
     names = list(cfg.models)
-    prog = Progress(total=len(names) * len(items))
+    prog = Progress(total=len(names) * len(items), callback=on_progress)
     done_models = [m for m in names if (stage.path / "models" / m / "verdicts.jsonl").exists()]
     prog.done = len(done_models) * len(items)
     prog.extra["resumed_models"] = done_models

@@ -42,7 +42,7 @@ class ReviseConfig(BaseModel):
     seed: int = Field(default=0, description="Seeds principle sampling and generation")
     few_shot: int | None = Field(default=None, ge=0, description="How many shared demonstrations to show (default: all)")
     skip_if_no_problem: bool = Field(default=False, description="Skip the revision when the critique finds no problem")
-    shard_size: int = Field(default=16, ge=1, description="Prompts per shard: the unit of batching and of resume")
+    shard_size: int = Field(default=32, ge=1, description="Prompts per shard: the unit of batching and of resume")
     answer_tokens: int = Field(default=160, ge=1, description="Max new tokens of the policy's initial answer")
     critique_tokens: int = Field(default=96, ge=1, description="Max new tokens of a critique")
     revision_tokens: int = Field(default=192, ge=1, description="Max new tokens of a revision")
