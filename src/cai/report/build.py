@@ -28,7 +28,7 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from cai.data.io import atomic_write_text
 from cai.errors import UserInputError

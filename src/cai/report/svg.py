@@ -141,7 +141,7 @@ class _Frame:
 
     def axes(self, xlabel: str, ylabel: str, *, xticks: Sequence[float] | None = None, yticks: Sequence[float] | None = None,
              xpercent: bool = False, ypercent: bool = False, xgrid: bool = True) -> list[str]:
-        out = [f'<g class="axes" font-size="11" fill="#555">']
+        out = ['<g class="axes" font-size="11" fill="#555">']
         if yticks:
             step = (yticks[1] - yticks[0]) if len(yticks) > 1 else None
             for v in yticks:

@@ -24,6 +24,7 @@ from cai.backends.spec import ModelSpec
 from cai.errors import UserInputError
 from cai.runs import StageDir
 from cai.train.common import (
+    PREFERENCE_ALIASES,
     MetricsLogger,
     TrainSettings,
     file_digest,
@@ -35,7 +36,7 @@ from cai.train.common import (
     lora_config,
     param_counts,
     resolve_device,
-    resolve_model_path,
+    resolve_policy,
     resolve_run_input,
     save_model_folder,
     train_with_resume,
@@ -43,7 +44,6 @@ from cai.train.common import (
     training_summary,
 )
 
-RUN_ALIASES = {"label": "label/preference.jsonl", "revise": "revise/preference.jsonl"}
 DPO_METRICS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")
 
 
@@ -74,18 +74,6 @@ class DPOStageConfig(TrainSettings):
 
 def _default_lr(cfg: DPOStageConfig) -> float:
     return 5e-5 if cfg.lora else 1e-6
-
-
-def resolve_policy(cfg: DPOStageConfig, run_dir: Path) -> tuple[Path, str, str]:
-    """(folder, label, how it was chosen): explicit policy, else RUN/sft/model when present, else embedded."""
-    if cfg.policy is not None:
-        path, label = resolve_model_path(cfg.policy, field="policy")
-        return path, label, "config"
-    sft_model = run_dir / "sft" / "model"
-    if (sft_model / "config.json").exists():
-        return sft_model, str(sft_model), "this run's sft/model"
-    path, label = resolve_model_path("embedded", field="policy")
-    return path, label, "embedded (no sft/model in this run)"
 
 
 def _prepare_pairs(pairs: list[dict], min_p: float) -> tuple[list[dict], dict[str, int]]:
@@ -123,9 +111,9 @@ def run_dpo(cfg: DPOStageConfig, run_dir: str | Path, *, overwrite: bool = False
             callbacks: list | None = None) -> dict:
     """Run (or resume) ``cai dpo`` into ``run_dir/dpo``. Returns the manifest."""
     run_dir = Path(run_dir)
-    data_path = resolve_run_input(cfg.data, run_dir, RUN_ALIASES, field="data", command="cai dpo")
+    data_path = resolve_run_input(cfg.data, run_dir, PREFERENCE_ALIASES, field="data", command="cai dpo")
     pairs, data_info = load_preferences(data_path, label_field=cfg.label_field, column_map=cfg.column_map)
-    policy_path, policy_label, policy_source = resolve_policy(cfg, run_dir)
+    policy_path, policy_label, policy_source = resolve_policy(cfg.policy, run_dir)
     stage = StageDir(run_dir, "dpo")
     state = stage.begin(
         {"dpo": cfg.model_dump(mode="json"), "policy": str(policy_path), "data_digest": file_digest(data_path)},

@@ -43,6 +43,7 @@ from cai.backends.spec import ModelSpec
 from cai.errors import UserInputError
 from cai.runs import StageDir
 from cai.train.common import (
+    PREFERENCE_ALIASES,
     Conversation,
     MetricsLogger,
     TrainSettings,
@@ -61,7 +62,6 @@ from cai.train.common import (
     training_summary,
 )
 
-RUN_ALIASES = {"label": "label/preference.jsonl", "revise": "revise/preference.jsonl"}
 META_FILE = "cai_reward.json"
 LOSS_NAME = "soft Bradley-Terry: -[p*log(sigmoid(d)) + (1-p)*log(sigmoid(-d))], d = r_chosen - r_rejected"
 
@@ -311,7 +311,7 @@ def run_reward(cfg: RewardStageConfig, run_dir: str | Path, *, overwrite: bool =
                callbacks: list | None = None) -> dict:
     """Run (or resume) ``cai reward`` into ``run_dir/reward``. Returns the manifest."""
     run_dir = Path(run_dir)
-    data_path = resolve_run_input(cfg.data, run_dir, RUN_ALIASES, field="data", command="cai reward")
+    data_path = resolve_run_input(cfg.data, run_dir, PREFERENCE_ALIASES, field="data", command="cai reward")
     pairs, data_info = load_preferences(data_path, label_field=cfg.label_field, column_map=cfg.column_map)
     base_path, base_label = resolve_model_path(cfg.model, field="model")
     stage = StageDir(run_dir, "reward")

@@ -64,7 +64,7 @@ from cai.train.common import (
     param_counts,
     read_metrics,
     resolve_device,
-    resolve_model_path,
+    resolve_policy,
     save_model_folder,
     train_with_resume,
     trainer_kwargs,
@@ -125,18 +125,6 @@ class RLStageConfig(TrainSettings):
 
 def _default_lr(cfg: RLStageConfig) -> float:
     return 2e-5 if cfg.lora else 1e-6
-
-
-def resolve_policy(cfg: RLStageConfig, run_dir: Path) -> tuple[Path, str, str]:
-    """(folder, label, how it was chosen): explicit policy, else RUN/sft/model when present, else embedded."""
-    if cfg.policy is not None:
-        path, label = resolve_model_path(cfg.policy, field="policy")
-        return path, label, "config"
-    sft_model = run_dir / "sft" / "model"
-    if (sft_model / "config.json").exists():
-        return sft_model, str(sft_model), "this run's sft/model"
-    path, label = resolve_model_path("embedded", field="policy")
-    return path, label, "embedded (no sft/model in this run)"
 
 
 def resolve_reward_model(cfg: RLStageConfig, run_dir: Path) -> Path:
@@ -201,7 +189,7 @@ def run_rl(cfg: RLStageConfig, run_dir: str | Path, *, overwrite: bool = False, 
            callbacks: list | None = None) -> dict:
     """Run (or resume) ``cai rl`` into ``run_dir/rl``. Returns the manifest."""
     run_dir = Path(run_dir)
-    policy_path, policy_label, policy_source = resolve_policy(cfg, run_dir)
+    policy_path, policy_label, policy_source = resolve_policy(cfg.policy, run_dir)
     reward_path = resolve_reward_model(cfg, run_dir)
     stage = StageDir(run_dir, "rl")
     state = stage.begin(

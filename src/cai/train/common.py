@@ -400,6 +400,22 @@ def file_digest(path: str | Path) -> str:
     return h.hexdigest()[:16]
 
 
+#: ``data: label`` / ``data: revise`` shorthands of the stages that train on preference pairs (reward, dpo).
+PREFERENCE_ALIASES = {"label": "label/preference.jsonl", "revise": "revise/preference.jsonl"}
+
+
+def resolve_policy(policy: ModelSpec | None, run_dir: Path) -> tuple[Path, str, str]:
+    """(folder, label, how it was chosen): explicit policy, else RUN/sft/model when present, else embedded."""
+    if policy is not None:
+        path, label = resolve_model_path(policy, field="policy")
+        return path, label, "config"
+    sft_model = Path(run_dir) / "sft" / "model"
+    if (sft_model / "config.json").exists():
+        return sft_model, str(sft_model), "this run's sft/model"
+    path, label = resolve_model_path("embedded", field="policy")
+    return path, label, "embedded (no sft/model in this run)"
+
+
 def resolve_run_input(value: str, run_dir: Path, aliases: dict[str, str], *, field: str, command: str) -> Path:
     """``value`` is an alias of a file inside this run (e.g. 'revise' -> RUN/revise/sft.jsonl) or a path."""
     if value in aliases:
