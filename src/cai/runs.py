@@ -36,6 +36,12 @@ def fingerprint(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def sft_model_of(run_dir: str | Path) -> Path | None:
+    """This run's SL-CAI model folder (``sft/model``) when it exists: the default policy of later stages."""
+    p = Path(run_dir) / "sft" / "model"
+    return p if (p / "config.json").exists() else None
+
+
 class StageDir:
     """One stage's folder inside a run."""
 

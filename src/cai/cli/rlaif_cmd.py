@@ -68,8 +68,10 @@ def register(app: typer.Typer) -> None:
         )
         cfg = load_stage_config(PairsConfig, config, overrides, section="pairs")
         run_dir = Path(runs_dir) / run
-        sft_model = run_dir / "sft" / "model"
-        if "policy" not in cfg.model_fields_set and (sft_model / "config.json").exists():
+        from cai.runs import sft_model_of
+
+        sft_model = sft_model_of(run_dir)
+        if "policy" not in cfg.model_fields_set and sft_model is not None:
             cfg = cfg.model_copy(update={"policy": ModelSpec(model=str(sft_model))})
             out.print(f"  policy: {sft_model} (the SL-CAI model of this run)")
         with StageProgress("pairs") as bar:

@@ -25,7 +25,7 @@ from cai.backends.registry import BackendPool
 from cai.backends.spec import ModelSpec
 from cai.data.readers import load_prompts
 from cai.errors import UserInputError
-from cai.runs import StageDir
+from cai.runs import StageDir, sft_model_of
 from cai.train.rl_metrics import completion_metrics, refusal_classifier
 
 
@@ -57,8 +57,8 @@ class BestOfNConfig(BaseModel):
 def resolve_policy_spec(cfg: BestOfNConfig, run_dir: Path) -> tuple[ModelSpec, str]:
     if cfg.policy is not None:
         return cfg.policy, "config"
-    sft_model = run_dir / "sft" / "model"
-    if (sft_model / "config.json").exists():
+    sft_model = sft_model_of(run_dir)
+    if sft_model is not None:
         return ModelSpec(model=str(sft_model)), "this run's sft/model"
     return ModelSpec(), "default: no sft/model in this run"
 

@@ -409,8 +409,10 @@ def resolve_policy(policy: ModelSpec | None, run_dir: Path) -> tuple[Path, str, 
     if policy is not None:
         path, label = resolve_model_path(policy, field="policy")
         return path, label, "config"
-    sft_model = Path(run_dir) / "sft" / "model"
-    if (sft_model / "config.json").exists():
+    from cai.runs import sft_model_of
+
+    sft_model = sft_model_of(run_dir)
+    if sft_model is not None:
         return sft_model, str(sft_model), "this run's sft/model"
     path, label = resolve_model_path("embedded", field="policy")
     return path, label, "embedded (no sft/model in this run)"
