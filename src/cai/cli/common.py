@@ -72,5 +72,6 @@ class StageProgress:
         if self.task is None:
             self.ready(p)
         dt = time.perf_counter() - self.t0
-        tps = f"{(p.tokens - self.tokens0) / dt:.1f}" if dt > 0 else "-"
+        generated = p.tokens - self.tokens0
+        tps = f"{generated / dt:.1f}" if dt > 0 and generated > 0 else "-"  # scoring-only stages generate nothing
         self.bar.update(self.task, completed=p.done, tps=tps)
