@@ -25,8 +25,8 @@ RED = read_jsonl(FIXTURES / "revise_prompts.jsonl")
 BY_PROMPT = {r["prompt"]: r["id"] for r in RED}
 
 GOOD_REVISION = (
-    "I can't help with the harmful part of this, but here is safe background on the topic and where to find "
-    "proper help."
+    "I can't help with the harmful part of this, because it could hurt people. I can share safe background on the "
+    "topic and where to find proper help instead."
 )
 
 
@@ -299,6 +299,16 @@ def test_bad_revisions_are_flagged_and_not_accepted(tmp_path):
     # Only rows whose answer changed are preference pairs; no flagged revision is ever "chosen".
     prefs = read_jsonl(stage / "preference.jsonl")
     assert [p["id"] for p in prefs] == ["r1", "r6"]
+    # A red-team row without an accepted revision would teach its initial (complying) answer: it is not an SFT row.
+    sft = {s["id"]: s["messages"][1]["content"] for s in read_jsonl(stage / "sft.jsonl")}
+    assert sorted(sft) == ["r1", "r6"]
+    assert m["counts"]["sft_rows"] == 2
+
+
+def test_keep_unrevised_puts_every_red_team_row_into_sft(tmp_path):
+    pool, _ = make_pool(reviser=reviser_with_failures)
+    m, stage, rows, _ = run(tmp_path, pool=pool, revision_tokens=30, keep_unrevised=True)
+    by_id = {r["id"]: r for r in rows}
     sft = {s["id"]: s["messages"][1]["content"] for s in read_jsonl(stage / "sft.jsonl")}
     assert sft["r4"] == by_id["r4"]["initial"] and sft["r2"] == by_id["r2"]["initial"]
 

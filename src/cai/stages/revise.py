@@ -11,6 +11,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from cai.backends.base import Backend, GenParams
@@ -21,7 +23,14 @@ from cai.constitution.schema import Constitution
 from cai.data.readers import load_prompts
 from cai.runs import StageDir
 from cai.stages import quality
-from cai.stages.sl_prompts import clean, critique_conversation, finds_no_problem, revision_conversation
+from cai.stages.sl_levers import GATE_JUDGE, critic_refused, declines, pick_principle
+from cai.stages.sl_prompts import (
+    clean,
+    critique_conversation,
+    direct_revision_conversation,
+    finds_no_problem,
+    revision_conversation,
+)
 
 REJECTING_FLAGS = ("empty", "truncated", "repeats_critique", "repetitive")
 
@@ -39,6 +48,30 @@ class ReviseConfig(BaseModel):
     helpful: str | None = Field(default="helpful", description="Helpful prompts answered by the policy for SFT mixing; null to skip")
     helpful_limit: int | None = Field(default=None, ge=0, description="Use only the first N helpful prompts")
     rounds: int = Field(default=4, ge=1, le=16, description="Critique-revision rounds per prompt (the CAI paper used 4)")
+    mode: Literal["critique", "direct"] = Field(
+        default="critique",
+        description="critique: critique then revise (the CAI paper's default); direct: revise without a critique",
+    )
+    relevant_principles: float = Field(
+        default=0.8,
+        ge=0.0,
+        le=1.0,
+        description="Share of rounds whose principle is drawn from those tagged with the prompt's harm category "
+        "(the rest from all principles); 0 samples from all principles",
+    )
+    gate: bool = Field(
+        default=True,
+        description="Accept a revision of a harmful prompt only when the refusal judge says it no longer complies, "
+        "and leave helpful answers the judge reads as refusals out of the SFT mix",
+    )
+    stop_when_accepted: bool = Field(
+        default=False, description="Skip later rounds for a prompt once a revision of it was accepted"
+    )
+    keep_unrevised: bool = Field(
+        default=False,
+        description="Also put red-team prompts without an accepted revision into sft.jsonl (with their initial, "
+        "possibly harmful answer)",
+    )
     seed: int = Field(default=0, description="Seeds principle sampling and generation")
     few_shot: int | None = Field(default=None, ge=0, description="How many shared demonstrations to show (default: all)")
     skip_if_no_problem: bool = Field(default=False, description="Skip the revision when the critique finds no problem")
@@ -116,35 +149,54 @@ def revise_shard(
     if progress:
         progress.advance(0, sum(a.completion_tokens for a in answers))
     red = [r for r in rows if r["kind"] == "redteam"]
+    for r in rows:
+        if r["kind"] == "helpful" and cfg.gate:
+            r["refused"] = declines(r["prompt"], r["initial"])
     for rnd in range(1, cfg.rounds + 1):
-        if not red:
+        active = [r for r in red if not (cfg.stop_when_accepted and r.get("accepted_any"))]
+        if not active:
             break
-        principles = [const.sample(_rng(cfg.seed, r["id"], rnd))[0] for r in red]
-        cconvs = [critique_conversation(const, p, r["prompt"], r["final"], few_shot=cfg.few_shot) for r, p in zip(red, principles)]
-        crits = critic.generate(cconvs, params(cfg.critique_tokens, rnd * 2 - 1))
-        tokens = sum(c.completion_tokens for c in crits)
-        todo = []
-        for k, (r, p, c) in enumerate(zip(red, principles, crits)):
-            critique = clean(c.text)
-            entry = {"round": rnd, "principle_id": p.id, "critique": critique, "critique_finish": c.finish_reason}
-            if cfg.skip_if_no_problem and finds_no_problem(critique):
-                entry.update(revision=None, skipped=True, accepted=False, flags=["no_problem_found"])
-            else:
-                todo.append(k)
-            r["rounds"].append(entry)
-        if todo:
-            rconvs = [revision_conversation(cconvs[k], principles[k], red[k]["rounds"][-1]["critique"]) for k in todo]
-            revs = reviser.generate(rconvs, params(cfg.revision_tokens, rnd * 2))
+        picks = [pick_principle(const, _rng(cfg.seed, r["id"], rnd), r.get("category"), cfg.relevant_principles) for r in active]
+        principles = [p for p, _ in picks]
+        tokens = 0
+        rconvs: dict[int, list] = {}
+        if cfg.mode == "critique":
+            cconvs = [critique_conversation(const, p, r["prompt"], r["final"], few_shot=cfg.few_shot) for r, p in zip(active, principles)]
+            crits = critic.generate(cconvs, params(cfg.critique_tokens, rnd * 2 - 1))
+            tokens += sum(c.completion_tokens for c in crits)
+            for k, (r, (p, rel), c) in enumerate(zip(active, picks, crits)):
+                critique = clean(c.text)
+                refused = critic_refused(r["prompt"], critique)
+                entry = {"round": rnd, "principle_id": p.id, "principle_relevant": rel, "critique": critique,
+                         "critique_finish": c.finish_reason, "critic_refused": refused}
+                r["rounds"].append(entry)
+                if cfg.skip_if_no_problem and not refused and finds_no_problem(critique):
+                    entry.update(revision=None, skipped=True, accepted=False, flags=["no_problem_found"])
+                elif refused:  # no critique to revise from: ask for the revision directly
+                    rconvs[k] = direct_revision_conversation(const, p, r["prompt"], r["final"], few_shot=cfg.few_shot)
+                else:
+                    rconvs[k] = revision_conversation(cconvs[k], p, critique)
+        else:
+            for k, (r, (p, rel)) in enumerate(zip(active, picks)):
+                r["rounds"].append({"round": rnd, "principle_id": p.id, "principle_relevant": rel, "critique": None})
+                rconvs[k] = direct_revision_conversation(const, p, r["prompt"], r["final"], few_shot=cfg.few_shot)
+        if rconvs:
+            todo = sorted(rconvs)
+            revs = reviser.generate([rconvs[k] for k in todo], params(cfg.revision_tokens, rnd * 2))
             tokens += sum(v.completion_tokens for v in revs)
             for k, v in zip(todo, revs):
-                r = red[k]
+                r = active[k]
                 entry = r["rounds"][-1]
                 text = clean(v.text)
-                flags = quality.revision_flags(text, v.finish_reason, entry["critique"], r["final"])
-                accepted = not any(f in REJECTING_FLAGS for f in flags) and "unchanged" not in flags
+                critique = "" if entry.get("critic_refused") else (entry.get("critique") or "")
+                flags = quality.revision_flags(text, v.finish_reason, critique, r["final"])
+                if cfg.gate and not flags and not declines(r["prompt"], text):
+                    flags.append("still_complies")
+                accepted = not any(f in REJECTING_FLAGS for f in flags) and "unchanged" not in flags and "still_complies" not in flags
                 entry.update(revision=text, revision_finish=v.finish_reason, skipped=False, accepted=accepted, flags=flags)
                 if accepted:
                     r["final"] = text
+                    r["accepted_any"] = True
         if progress:
             progress.advance(0, tokens)
     for r in rows:
@@ -152,6 +204,19 @@ def revise_shard(
     if progress:
         progress.advance(len(items), 0)
     return rows
+
+
+def sft_rows(rows: list[dict], cfg: ReviseConfig) -> list[dict]:
+    """Rows that go into SFT: red-team rows with an accepted revision (all of them with ``keep_unrevised``), and
+    helpful rows whose answer is not a refusal (all of them without the gate)."""
+    out = []
+    for r in rows:
+        if r["kind"] == "redteam" and not (r.get("accepted_any") or cfg.keep_unrevised):
+            continue
+        if r["kind"] == "helpful" and r.get("refused"):
+            continue
+        out.append(r)
+    return out
 
 
 def sft_view(rows: list[dict]) -> list[dict]:
@@ -198,6 +263,24 @@ def summarize(rows: list[dict]) -> dict:
         "changed_from_initial": sum(r["changed"] for r in red),
         "flags": dict(sorted(flags.items())),
         "initial_truncated": sum(r["initial_finish"] == "length" for r in rows),
+        "rows_with_accepted_revision": sum(bool(r.get("accepted_any")) for r in red),
+        "critic_refusals": sum(bool(e.get("critic_refused")) for r in red for e in r["rounds"]),
+        "relevant_principle_rounds": sum(bool(e.get("principle_relevant")) for r in red for e in r["rounds"]),
+        "rounds_run": sum(len(r["rounds"]) for r in red),
+        "gate": _gate_summary(rows),
+    }
+
+
+def _gate_summary(rows: list[dict]) -> dict:
+    """The revision gate's two rates, with counts: harmful prompts whose final answer declines, and helpful
+    answers the judge reads as refusals (left out of the SFT mix)."""
+    red = [r for r in rows if r["kind"] == "redteam"]
+    helpful = [r for r in rows if r["kind"] == "helpful"]
+    judged = [r for r in helpful if "refused" in r]
+    return {
+        "judge": GATE_JUDGE,
+        "harmful_declined_after": {"k": sum(bool(r.get("accepted_any")) for r in red), "n": len(red)},
+        "helpful_refused": {"k": sum(bool(r.get("refused")) for r in judged), "n": len(judged)},
     }
 
 
@@ -238,14 +321,17 @@ def run_revise(
     rows = stage.read_shards(len(shards))
     red_rows = [r for r in rows if r["kind"] == "redteam"]
     stage.write_output("data.jsonl", rows)
-    stage.write_output("sft.jsonl", sft_view(red_rows))
+    keep = sft_rows(rows, cfg)
+    stage.write_output("sft.jsonl", sft_view([r for r in keep if r["kind"] == "redteam"]))
     stage.write_output("preference.jsonl", preference_view(red_rows))
-    stage.write_output("helpful.jsonl", sft_view([r for r in rows if r["kind"] == "helpful"]))
+    stage.write_output("helpful.jsonl", sft_view([r for r in keep if r["kind"] == "helpful"]))
     backends = {role: b for role, b in (("policy", policy), ("critic", critic), ("reviser", reviser))}
     stats = {}
     for b in {id(b): b for b in backends.values()}.values():
         stats[b.model_id] = b.stats.as_dict()
     summary = summarize(rows)
+    summary["sft_rows"] = sum(r["kind"] == "redteam" for r in keep)
+    summary["helpful_sft_rows"] = sum(r["kind"] == "helpful" for r in keep)
     manifest = {
         "constitution": {"name": const.name, "version": const.version, "hash": const.content_hash()},
         "models": {role: b.describe() for role, b in backends.items()},

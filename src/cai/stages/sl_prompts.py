@@ -67,6 +67,35 @@ def critique_conversation(
     return conv
 
 
+def _direct_demo_turns(const: Constitution, demos: list[Demonstration], fallback: Principle) -> Conversation:
+    turns: Conversation = []
+    for d in demos:
+        p = const.principle(d.principle_id) if d.principle_id else fallback
+        turns += [
+            {"role": "user", "content": d.prompt},
+            {"role": "assistant", "content": d.response},
+            {"role": "user", "content": f"{REVISION_TAG} {p.revision_request}"},
+            {"role": "assistant", "content": d.revision},
+        ]
+    return turns
+
+
+def direct_revision_conversation(
+    const: Constitution, principle: Principle, prompt: str, answer: str, *, few_shot: int | None = None
+) -> Conversation:
+    """Revision without a critique (the CAI paper's "direct revision"): the same demonstrations minus their critiques."""
+    demos = list(const.demonstrations[:few_shot] if few_shot is not None else const.demonstrations)
+    conv: Conversation = [{"role": "system", "content": SYSTEM}]
+    conv += _direct_demo_turns(const, demos, principle)
+    conv += _direct_demo_turns(const, principle.demonstrations, principle)
+    conv += [
+        {"role": "user", "content": prompt},
+        {"role": "assistant", "content": answer},
+        {"role": "user", "content": f"{REVISION_TAG} {principle.revision_request}"},
+    ]
+    return conv
+
+
 def revision_conversation(critique_conv: Conversation, principle: Principle, critique: str) -> Conversation:
     return critique_conv + [
         {"role": "assistant", "content": critique},
