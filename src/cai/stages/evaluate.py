@@ -33,7 +33,7 @@ from cai.evaluate.benchmarks import read_benchmark
 from cai.evaluate.judges import PairwiseJudge, judge_names, make_refusal_judge
 from cai.evaluate.refusal import degenerate_reason
 from cai.runs import StageDir
-from cai.stages.revise import Progress
+from cai.progress import Progress
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 PREFERENCE_KINDS = ("hh-rlhf", "preference")

@@ -44,7 +44,7 @@ from cai.labeling import prompts as P
 from cai.labeling import softlabel as S
 from cai.labeling.parse import parse_choice
 from cai.runs import StageDir
-from cai.stages.revise import Progress
+from cai.progress import Progress
 
 _WS = re.compile(r"\s+")
 WEAK_WARNING = "labeler is near chance/position-biased; labels are weak"

@@ -18,7 +18,7 @@ from cai.backends.registry import BackendPool
 from cai.backends.spec import ModelSpec
 from cai.data.readers import load_prompts
 from cai.runs import StageDir
-from cai.stages.revise import Progress
+from cai.progress import Progress
 
 _WS = re.compile(r"\s+")
 

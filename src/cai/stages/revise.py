@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import random
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Callable
 
 from typing import Literal
 
@@ -20,6 +19,7 @@ from cai.backends.registry import BackendPool
 from cai.backends.spec import ModelSpec
 from cai.constitution import load_constitution
 from cai.constitution.schema import Constitution
+from cai.progress import Progress
 from cai.data.readers import load_prompts
 from cai.runs import StageDir
 from cai.stages import quality
@@ -86,23 +86,6 @@ class ReviseConfig(BaseModel):
     policy: ModelSpec = Field(default_factory=ModelSpec, description="Model that writes the initial answers")
     critic: ModelSpec = Field(default_factory=ModelSpec, description="Model that writes critiques")
     reviser: ModelSpec = Field(default_factory=ModelSpec, description="Model that writes revisions")
-
-
-@dataclass
-class Progress:
-    """What a stage reports while it runs; the CLI turns it into a progress bar."""
-
-    total: int
-    done: int = 0
-    tokens: int = 0
-    callback: Callable[["Progress"], None] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def advance(self, n: int, tokens: int) -> None:
-        self.done += n
-        self.tokens += tokens
-        if self.callback:
-            self.callback(self)
 
 
 def _rng(seed: int, row_id: str, rnd: int) -> random.Random:
