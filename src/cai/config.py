@@ -14,21 +14,23 @@ T = TypeVar("T", bound=BaseModel)
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A config file as a dict; size, aliases, repeated keys and syntax are checked (see :mod:`cai.yamlsafe`)."""
+    from cai.yamlsafe import CONFIG_MAX_BYTES, YamlError, load_yaml
+
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"Config file {path} not found.", fix="check the path.")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path} is not valid UTF-8.", fix="save it as UTF-8.") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise ConfigError(f"{where}: YAML syntax error: {getattr(e, 'problem', e)}", fix="fix the YAML at that line.") from None
+        data, _ = load_yaml(path, max_bytes=CONFIG_MAX_BYTES, what="config file")
+    except YamlError as e:
+        raise ConfigError(e.message, fix=e.fix) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of settings.", fix="write key: value lines.")
+        raise ConfigError(f"{path}: expected a mapping of settings, found {type(data).__name__}.", fix="write key: value lines.")
+    bad = [k for k in data if not isinstance(k, str)]
+    if bad:
+        raise ConfigError(f"{path}: setting names must be text, found {bad[0]!r}.", fix="write key: value lines with named keys.")
     return data
 
 

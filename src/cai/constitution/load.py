@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from cai.constitution.schema import Constitution
 from cai.errors import UserInputError
+from cai.yamlsafe import CONSTITUTION_MAX_BYTES, YamlError, compose, construct, read_text_limited
 
 
 @dataclass
@@ -32,19 +33,22 @@ def default_constitution_path() -> Path:
     return Path(str(resources.files("cai") / "resources" / "constitutions" / "default.yaml"))
 
 
-def _line_index(node: yaml.Node, path: tuple = (), out: dict | None = None) -> dict[tuple, int]:
-    """Map every key path (tuple of str/int) of a composed YAML node to its 1-based line."""
-    out = {} if out is None else out
-    out.setdefault(path, node.start_mark.line + 1)
-    if isinstance(node, yaml.MappingNode):
-        for k, v in node.value:
-            key = k.value
-            out[path + (key,)] = k.start_mark.line + 1
-            _line_index(v, path + (key,), out)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, v in enumerate(node.value):
-            out[path + (i,)] = v.start_mark.line + 1
-            _line_index(v, path + (i,), out)
+def _line_index(root: yaml.Node) -> dict[tuple, int]:
+    """Map every key path (tuple of str/int) of a composed YAML node to its 1-based line (iterative: any depth)."""
+    out: dict[tuple, int] = {}
+    stack: list[tuple[yaml.Node, tuple]] = [(root, ())]
+    while stack:
+        node, path = stack.pop()
+        out.setdefault(path, node.start_mark.line + 1)
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                key = k.value if isinstance(k, yaml.ScalarNode) else str(k.start_mark)
+                out[path + (key,)] = k.start_mark.line + 1
+                stack.append((v, path + (key,)))
+        elif isinstance(node, yaml.SequenceNode):
+            for i, v in enumerate(node.value):
+                out[path + (i,)] = v.start_mark.line + 1
+                stack.append((v, path + (i,)))
     return out
 
 
@@ -61,19 +65,13 @@ def validate_constitution_file(path: str | Path) -> tuple[Constitution | None, l
     name = str(path)
     if not path.exists():
         return None, [Problem(name, None, "(file)", "file not found; pass the path of a constitution YAML file")]
-    raw = path.read_bytes()
     try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        return None, [Problem(name, line, "(file)", f"not valid UTF-8 ({e.reason} at byte {e.start}); save it as UTF-8")]
-    try:
-        node = yaml.compose(text)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = mark.line + 1 if mark else None
-        return None, [Problem(name, line, "(syntax)", f"YAML syntax error: {getattr(e, 'problem', e)}")]
+        text = read_text_limited(path, max_bytes=CONSTITUTION_MAX_BYTES, what="constitution")
+        node = compose(text, path=name)
+        data = construct(node, path=name)
+    except YamlError as e:
+        field = "(syntax)" if "syntax" in e.problem else "(file)"
+        return None, [Problem(name, e.line, field, e.problem)]
     if not isinstance(data, dict):
         return None, [Problem(name, 1, "(top level)", "expected a mapping with keys name, version, principles")]
     lines = _line_index(node) if node is not None else {}
@@ -104,7 +102,7 @@ def _cross_reference_problems(data: dict, lines: dict, name: str) -> list[Proble
     """Duplicate principle ids and demonstrations naming unknown principles, located at their own lines."""
     problems = []
     principles = data.get("principles")
-    ids: list[str] = []
+    ids: dict[str, int] = {}
     if isinstance(principles, list):
         for i, p in enumerate(principles):
             pid = p.get("id") if isinstance(p, dict) else None
@@ -113,7 +111,7 @@ def _cross_reference_problems(data: dict, lines: dict, name: str) -> list[Proble
             if pid in ids:
                 problems.append(Problem(name, lines.get(("principles", i, "id")), f"principles[{i}].id",
                                         f"duplicate principle id '{pid}'; every principle needs a unique id"))
-            ids.append(pid)
+            ids.setdefault(pid, i)
     demos = data.get("demonstrations")
     if isinstance(demos, list) and ids:
         for i, d in enumerate(demos):
