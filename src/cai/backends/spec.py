@@ -15,6 +15,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from cai.redact import redact_url
+
 BACKENDS = ("transformers", "openai", "fake")
 
 
@@ -46,13 +48,21 @@ class ModelSpec(BaseModel):
             return parse_shorthand(v)
         return v
 
+    @model_validator(mode="after")
+    def _check_values(self) -> "ModelSpec":
+        if self.backend == "openai":
+            check_base_url(self.base_url)
+        if self.backend == "fake":
+            fake_options(self.model)
+        return self
+
     def key(self) -> tuple:
         """Two roles with equal keys share one loaded model."""
         return (self.backend, self.model, self.base_url, self.device, self.dtype)
 
     def label(self) -> str:
         if self.backend == "openai":
-            return f"openai:{self.model}@{self.base_url}"
+            return f"openai:{self.model}@{redact_url(self.base_url)}"  # never a password in a record
         if self.backend == "fake":
             return "fake"
         return self.model
@@ -71,3 +81,39 @@ def parse_shorthand(text: str) -> dict:
     if text.startswith("transformers:"):
         text = text[len("transformers:") :]
     return {"backend": "transformers", "model": text}
+
+
+def check_base_url(url: str) -> None:
+    """Refuse a server URL that is not http(s)://host...; the message shows it with credentials masked."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ValueError(
+            f"base_url '{redact_url(url)}' is not an http:// or https:// URL with a host; "
+            "write it like http://localhost:8000/v1 (shorthand: openai:MODEL@http://HOST:PORT/v1)"
+        )
+
+
+def fake_options(model: str) -> dict[str, float]:
+    """Options of the fake backend: 'fake' or 'delay=SECONDS' (comma-separated key=value)."""
+    if model in ("fake", ""):
+        return {}
+    out: dict[str, float] = {}
+    for item in model.split(","):
+        key, eq, value = item.partition("=")
+        if not eq or key.strip() != "delay":
+            raise ValueError(f"fake backend option '{item}' is not known; use fake or fake:delay=SECONDS")
+        try:
+            seconds = float(value)
+        except ValueError:
+            seconds = float("nan")
+        if not 0 <= seconds < 3600:
+            raise ValueError(f"fake backend delay '{value}' is not a number of seconds (0 to 3600); use e.g. fake:delay=0.05")
+        out["delay"] = seconds
+    return out
