@@ -9,9 +9,11 @@ import time
 from typing import Callable
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from cai.errors import CaiError
+from cai.redact import redact_text
 
 console = Console(stderr=True)
 out = Console()
@@ -28,9 +30,11 @@ def handle_errors(fn: Callable) -> Callable:
         except CaiError as e:
             if DEBUG["on"]:
                 raise
-            console.print(f"[bold red]error:[/] {e.message}", highlight=False, markup=True, soft_wrap=True)
+            # user text (paths, ids, values) may hold rich markup such as "[/]" or a URL with a password
+            console.print(f"[bold red]error:[/] {escape(redact_text(e.message))}", highlight=False, markup=True,
+                          soft_wrap=True)
             if e.fix:
-                console.print(f"[bold]fix:[/] {e.fix}", highlight=False, soft_wrap=True)
+                console.print(f"[bold]fix:[/] {escape(redact_text(e.fix))}", highlight=False, soft_wrap=True)
             sys.exit(e.exit_code)
 
     return wrapper
