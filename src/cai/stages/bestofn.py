@@ -13,8 +13,6 @@ text of the chosen one), ``shards/`` (the resume unit), ``manifest.json`` last.
 
 from __future__ import annotations
 
-import random
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -25,7 +23,9 @@ from cai.backends.registry import BackendPool
 from cai.backends.spec import ModelSpec
 from cai.data.readers import load_prompts
 from cai.errors import UserInputError
-from cai.runs import StageDir, sft_model_of
+from cai.progress import Progress
+from cai.seeding import rng
+from cai.stages.sharded import Shard, ShardedResult, run_sharded
 from cai.train.rl_metrics import completion_metrics, refusal_classifier
 
 
@@ -55,12 +55,13 @@ class BestOfNConfig(BaseModel):
 
 
 def resolve_policy_spec(cfg: BestOfNConfig, run_dir: Path) -> tuple[ModelSpec, str]:
+    """The sampling policy: ``cfg.policy``, else the run's default (:func:`cai.registry.policy_default`)."""
     if cfg.policy is not None:
         return cfg.policy, "config"
-    sft_model = sft_model_of(run_dir)
-    if sft_model is not None:
-        return ModelSpec(model=str(sft_model)), "this run's sft/model"
-    return ModelSpec(), "default: no sft/model in this run"
+    from cai.registry import policy_default
+
+    sft_model, source = policy_default(run_dir)
+    return (ModelSpec(model=str(sft_model)) if sft_model is not None else ModelSpec()), source
 
 
 def resolve_reward_model(value: str | None, run_dir: Path) -> Path:
@@ -83,11 +84,13 @@ def resolve_reward_model(value: str | None, run_dir: Path) -> Path:
     return p
 
 
-def best_of_n_shard(items: list[dict], cfg: BestOfNConfig, policy: Any, scorer: Any, shard_index: int) -> list[dict]:
+def best_of_n_shard(shard: Shard, cfg: BestOfNConfig, policy: Any, scorer: Any,
+                    progress: Progress | None = None) -> list[dict]:
     """Sample ``cfg.n`` answers per prompt in one generate call, score them, keep the best (first on ties)."""
+    items = shard.items
     convs = [[{"role": "user", "content": it["prompt"]}] for it in items for _ in range(cfg.n)]
     params = GenParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                       seed=cfg.seed * 7919 + shard_index)
+                       seed=shard.seed())
     comps = policy.generate(convs, params)
     texts = [c.text for c in comps]
     rewards = scorer.score([c[0]["content"] for c in convs], texts, batch_size=cfg.reward_batch_size)
@@ -99,7 +102,7 @@ def best_of_n_shard(items: list[dict], cfg: BestOfNConfig, policy: Any, scorer: 
             cand.append({"text": c.text, "reward": round(float(rewards[k * cfg.n + j]), 6),
                          "finish_reason": c.finish_reason, "tokens": c.completion_tokens})
         best = max(range(cfg.n), key=lambda j: (cand[j]["reward"], -j))
-        rnd = random.Random(f"{cfg.seed}:{it['id']}").randrange(cfg.n)
+        rnd = rng(cfg.seed, it["id"]).randrange(cfg.n)
         rows.append({
             "id": it["id"],
             "prompt": it["prompt"],
@@ -111,6 +114,8 @@ def best_of_n_shard(items: list[dict], cfg: BestOfNConfig, policy: Any, scorer: 
             "random_index": rnd,
             "mean_reward": round(sum(c["reward"] for c in cand) / cfg.n, 6),
         })
+    if progress:
+        progress.advance(len(items), sum(c.completion_tokens for c in comps))
     return rows
 
 
@@ -143,11 +148,13 @@ def run_bestofn(
     scorer: Any = None,
     overwrite: bool = False,
     on_progress: Callable[[int, int, int], None] | None = None,
+    on_ready: Callable[[Progress], None] | None = None,
 ) -> dict:
     """Run (or resume) ``cai bestofn`` into ``run_dir/bestofn``. Returns the manifest.
 
     ``scorer`` (anything with ``score(prompts, answers, batch_size=...)``) replaces the reward model (tests).
-    ``on_progress(prompts_done, prompts_total, tokens_generated_this_session)`` is called after each shard.
+    ``on_progress(prompts_done, prompts_total, tokens_generated_this_session)`` is called after each shard;
+    ``on_ready`` gets the stage's :class:`~cai.progress.Progress` once, before the first shard.
     """
     run_dir = Path(run_dir)
     spec, policy_source = resolve_policy_spec(cfg, run_dir)
@@ -157,44 +164,40 @@ def run_bestofn(
         raise UserInputError(f"prompts: '{cfg.prompts}' (split {cfg.prompt_split}) has no prompts.",
                              fix="check the file, prompt_split (train, eval or all) and limit.")
     items = [dict(r, id=str(r.get("id", i))) for i, r in enumerate(items)]
-    stage = StageDir(run_dir, "bestofn")
-    state = stage.begin({"bestofn": cfg.model_dump(mode="json"), "policy": spec.label(),
-                         "reward_model": str(reward_path) if reward_path else "custom scorer"}, overwrite=overwrite)
-    if state == "complete":
-        return stage.manifest()
-    shards = [items[i : i + cfg.shard_size] for i in range(0, len(items), cfg.shard_size)]
-    resumed = sum(len(s) for i, s in enumerate(shards) if stage.shard_done(i))
-    t0 = time.perf_counter()
-    todo = [i for i in range(len(shards)) if not stage.shard_done(i)]
-    if todo:
-        pool = pool or BackendPool()
-        policy = pool.get(spec)
-        if scorer is None:
-            from cai.stages.reward import RewardScorer
 
-            scorer = RewardScorer(reward_path, device=cfg.device, batch_size=cfg.reward_batch_size)
-        done, tokens = resumed, 0
-        for i in todo:
-            rows = best_of_n_shard(shards[i], cfg, policy, scorer, i)
-            stage.write_shard(i, rows)
-            done += len(shards[i])
-            tokens += sum(c["tokens"] for r in rows for c in r["candidates"])
-            if on_progress:
-                on_progress(done, len(items), tokens)
-    seconds = time.perf_counter() - t0
-    rows = stage.read_shards(len(shards))
-    stage.write_output("answers.jsonl", rows)
-    _, refusal_name = refusal_classifier()
-    manifest = {
-        "policy": {"model": spec.label(), "source": policy_source},
-        "reward_model": str(reward_path) if reward_path else "custom scorer",
-        "n": cfg.n,
-        "summary": summarize(rows),
-        "refusal_classifier": refusal_name,
-        "timing": {"seconds_this_session": round(seconds, 2), "resumed_prompts": resumed,
-                   "answers_this_session": (len(items) - resumed) * cfg.n},
-        "outputs": {"answers": "answers.jsonl"},
-        "config": cfg.model_dump(mode="json"),
-    }
-    stage.finish(manifest)
-    return manifest
+    def load() -> tuple[Any, Any]:
+        policy = (pool or BackendPool()).get(spec)
+        if scorer is not None:
+            return policy, scorer
+        from cai.stages.reward import RewardScorer
+
+        return policy, RewardScorer(reward_path, device=cfg.device, batch_size=cfg.reward_batch_size)
+
+    def counts(p: Progress) -> None:
+        if on_progress is not None:
+            on_progress(p.done, p.total, p.tokens)
+
+    def finish(result: ShardedResult[tuple[Any, Any]]) -> dict:
+        rows = result.rows
+        result.stage.write_output("answers.jsonl", rows)
+        _, refusal_name = refusal_classifier()
+        return {
+            "policy": {"model": spec.label(), "source": policy_source},
+            "reward_model": str(reward_path) if reward_path else "custom scorer",
+            "n": cfg.n,
+            "summary": summarize(rows),
+            "refusal_classifier": refusal_name,
+            "timing": {"seconds_this_session": round(result.seconds, 2), "resumed_prompts": result.resumed,
+                       "answers_this_session": (len(items) - result.resumed) * cfg.n},
+            "outputs": {"answers": "answers.jsonl"},
+            "config": cfg.model_dump(mode="json"),
+        }
+
+    return run_sharded(
+        run_dir, "bestofn", items, shard_size=cfg.shard_size, seed=cfg.seed,
+        identity={"bestofn": cfg.model_dump(mode="json"), "policy": spec.label(),
+                  "reward_model": str(reward_path) if reward_path else "custom scorer"},
+        load=load, load_when_done=False,
+        work=lambda shard, res, prog: best_of_n_shard(shard, cfg, res[0], res[1], prog),
+        finish=finish, overwrite=overwrite, on_progress=counts, on_ready=on_ready,
+    )

@@ -14,35 +14,18 @@ rewards/accuracies per logging step), ``manifest.json`` last.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
-from typing import Literal
+from typing import Any, Callable, Literal
 
 from pydantic import Field
 
 from cai.backends.spec import ModelSpec
 from cai.errors import UserInputError
-from cai.runs import StageDir
-from cai.train.common import (
-    PREFERENCE_ALIASES,
-    MetricsLogger,
-    TrainSettings,
-    file_digest,
-    finish_checkpoints,
-    final_loss,
-    load_causal_lm,
-    load_preferences,
-    load_tokenizer,
-    lora_config,
-    param_counts,
-    resolve_device,
-    resolve_policy,
-    resolve_run_input,
-    save_model_folder,
-    train_with_resume,
-    trainer_kwargs,
-    training_summary,
-)
+from cai.train.data import PREFERENCE_ALIASES, file_digest, load_preferences, resolve_run_input
+from cai.train.logs import final_loss
+from cai.train.models import load_causal_lm, load_tokenizer, lora_config, resolve_policy
+from cai.train.runner import Trained, TrainingRun, identity_config, run_training
+from cai.train.settings import TrainSettings
 
 DPO_METRICS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")
 
@@ -108,74 +91,59 @@ def _length_filter(pairs: list[dict], tok, max_length: int) -> tuple[list[dict],
 
 
 def run_dpo(cfg: DPOStageConfig, run_dir: str | Path, *, overwrite: bool = False, progress: bool = True,
-            callbacks: list | None = None) -> dict:
+            callbacks: list | None = None, on_progress: Callable[[Any], None] | None = None,
+            on_ready: Callable[[Any], None] | None = None) -> dict:
     """Run (or resume) ``cai dpo`` into ``run_dir/dpo``. Returns the manifest."""
     run_dir = Path(run_dir)
     data_path = resolve_run_input(cfg.data, run_dir, PREFERENCE_ALIASES, field="data", command="cai dpo")
     pairs, data_info = load_preferences(data_path, label_field=cfg.label_field, column_map=cfg.column_map)
     policy_path, policy_label, policy_source = resolve_policy(cfg.policy, run_dir)
-    stage = StageDir(run_dir, "dpo")
-    state = stage.begin(
-        {"dpo": cfg.model_dump(mode="json"), "policy": str(policy_path), "data_digest": file_digest(data_path)},
-        overwrite=overwrite,
-    )
-    if state == "complete":
-        return stage.manifest()
 
-    from datasets import Dataset
-    from trl import DPOConfig, DPOTrainer
+    def train(run: TrainingRun) -> Trained:
+        from datasets import Dataset
+        from trl import DPOConfig, DPOTrainer
 
-    device = resolve_device(cfg.device)
-    tok = load_tokenizer(policy_path)
-    pairs, label_info = _prepare_pairs(pairs, cfg.min_p_chosen)
-    pairs, length_info = _length_filter(pairs, tok, cfg.max_length)
-    if not pairs:
-        raise UserInputError(
-            f"{data_path}: no pairs left to train on ({label_info['low_confidence_dropped']} below min_p_chosen="
-            f"{cfg.min_p_chosen}, {length_info['dropped_prompt_too_long']} with a prompt longer than max_length="
-            f"{cfg.max_length}).",
-            fix="lower min_p_chosen or raise max_length.",
+        tok = load_tokenizer(policy_path)
+        kept, label_info = _prepare_pairs(pairs, cfg.min_p_chosen)
+        kept, length_info = _length_filter(kept, tok, cfg.max_length)
+        if not kept:
+            raise UserInputError(
+                f"{data_path}: no pairs left to train on ({label_info['low_confidence_dropped']} below min_p_chosen="
+                f"{cfg.min_p_chosen}, {length_info['dropped_prompt_too_long']} with a prompt longer than max_length="
+                f"{cfg.max_length}).",
+                fix="lower min_p_chosen or raise max_length.",
+            )
+        ds = Dataset.from_list([{"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"]} for r in kept])
+        args = DPOConfig(
+            **run.trainer_kwargs(cfg, default_lr=_default_lr(cfg)),
+            max_length=cfg.max_length,
+            beta=cfg.beta,
+            loss_type=[cfg.loss_type],
+            precompute_ref_log_probs=False,
         )
-    model = load_causal_lm(policy_path, tok)
-    ref_model = None if cfg.lora else load_causal_lm(policy_path, tok)
-    ds = Dataset.from_list([{"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"]} for r in pairs])
-    ckpt_dir = stage.path / "checkpoints"
-    metrics_path = stage.path / "metrics.jsonl"
-    args = DPOConfig(
-        **trainer_kwargs(cfg, ckpt_dir, default_lr=_default_lr(cfg), progress=progress),
-        max_length=cfg.max_length,
-        beta=cfg.beta,
-        loss_type=[cfg.loss_type],
-        precompute_ref_log_probs=False,
-    )
-    trainer = DPOTrainer(
-        model=model,
-        ref_model=ref_model,
-        args=args,
-        train_dataset=ds,
-        processing_class=tok,
-        peft_config=lora_config(cfg, "CAUSAL_LM") if cfg.lora else None,
-        callbacks=[MetricsLogger(metrics_path), *(callbacks or [])],
-    )
-    params = param_counts(trainer.model)
-    t0 = time.perf_counter()
-    result, resumed = train_with_resume(trainer, ckpt_dir, metrics_path, state)
-    seconds = time.perf_counter() - t0
-    training = training_summary(trainer, result, seconds, resumed, device)
-    last = {k: final_loss(trainer.state.log_history, k) for k in DPO_METRICS}
-    save_model_folder(trainer.accelerator.unwrap_model(trainer.model), tok, stage.path / "model")
-    manifest = {
-        "policy": {"path": str(policy_path), "label": policy_label, "source": policy_source},
-        "reference": "the policy with its LoRA adapter disabled" if cfg.lora else "a frozen copy of the policy",
-        "data": {**data_info, **label_info, **length_info, "train_pairs": len(pairs)},
-        "dpo": {"beta": cfg.beta, "loss_type": cfg.loss_type, "final": last},
-        "lora": {"r": cfg.lora_r, "alpha": cfg.lora_alpha, "dropout": cfg.lora_dropout,
-                 "target_modules": cfg.lora_target_modules, "merged": True} if cfg.lora else None,
-        "params": params,
-        "training": training,
-        "outputs": {"model": "model", "metrics": "metrics.jsonl"},
-        "config": cfg.model_dump(mode="json"),
-    }
-    stage.finish(manifest)
-    finish_checkpoints(ckpt_dir, cfg.keep_checkpoints)  # after the manifest: a kill before it can still resume
-    return stage.manifest()
+        trainer = DPOTrainer(
+            model=load_causal_lm(policy_path, tok),
+            ref_model=None if cfg.lora else load_causal_lm(policy_path, tok),
+            args=args,
+            train_dataset=ds,
+            processing_class=tok,
+            peft_config=lora_config(cfg, "CAUSAL_LM") if cfg.lora else None,
+            callbacks=run.callbacks(),
+        )
+        fitted = run.fit(trainer)
+        last = {k: final_loss(trainer.state.log_history, k) for k in DPO_METRICS}
+        return Trained(
+            model=trainer.accelerator.unwrap_model(trainer.model),
+            tokenizer=tok,
+            manifest={
+                "policy": {"path": str(policy_path), "label": policy_label, "source": policy_source},
+                "reference": "the policy with its LoRA adapter disabled" if cfg.lora else "a frozen copy of the policy",
+                "data": {**data_info, **label_info, **length_info, "train_pairs": len(kept)},
+                "dpo": {"beta": cfg.beta, "loss_type": cfg.loss_type, "final": last},
+            },
+            **fitted,
+        )
+
+    identity = {"dpo": identity_config(cfg), "policy": str(policy_path), "data_digest": file_digest(data_path)}
+    return run_training(run_dir, "dpo", cfg, identity=identity, train=train, overwrite=overwrite, progress=progress,
+                        callbacks=callbacks, on_progress=on_progress, on_ready=on_ready)

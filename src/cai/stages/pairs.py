@@ -8,19 +8,21 @@ resumes where it stopped; ``pairs.jsonl`` and the manifest (written last) appear
 from __future__ import annotations
 
 import re
-import time
 from typing import Callable
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from cai.backends.base import Backend, GenParams
 from cai.backends.registry import BackendPool
 from cai.backends.spec import ModelSpec
+from cai.config import none_as_null
 from cai.data.readers import load_prompts
-from cai.runs import StageDir
 from cai.progress import Progress
+from cai.stages.sharded import Shard, ShardedResult, run_sharded
 
 _WS = re.compile(r"\s+")
+SAMPLING_STEP = 17
+"""The sampling call's step inside a shard: its seed is ``cai.seeding.shard_seed(seed, shard, 17)``."""
 
 
 class PairsConfig(BaseModel):
@@ -33,6 +35,7 @@ class PairsConfig(BaseModel):
     column_map: dict[str, str] = Field(default_factory=dict, description="Our field -> your column, e.g. {prompt: question}")
     limit: int | None = Field(default=None, ge=1, description="Use only the first N prompts")
     helpful: str | None = Field(default=None, description="Also sample answers to these helpful prompts ('helpful' = shipped); null to skip")
+    _helpful_none = field_validator("helpful", mode="before")(none_as_null)  # `--helpful none` means null
     helpful_limit: int | None = Field(default=None, ge=0, description="Use only the first N helpful prompts")
     k: int = Field(default=2, ge=2, le=16, description="Answers sampled per prompt (compared in consecutive pairs)")
     temperature: float = Field(default=1.0, gt=0, description="Sampling temperature (must be > 0 so the K answers differ)")
@@ -42,19 +45,25 @@ class PairsConfig(BaseModel):
     shard_size: int = Field(default=16, ge=1, description="Prompts per shard (K answers each): the unit of batching and resume")
     policy: ModelSpec = Field(default_factory=ModelSpec, description="Model whose answers are sampled (usually the SL-CAI model)")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _helpful_limit_means_shipped(cls, data: object) -> object:
+        """``helpful_limit: N`` without ``helpful`` samples the first N shipped helpful prompts."""
+        if isinstance(data, dict) and data.get("helpful_limit") and "helpful" not in data:
+            return {**data, "helpful": "helpful"}
+        return data
+
 
 def _norm(text: str) -> str:
     return _WS.sub(" ", text.strip().lower())
 
 
-def shard_seed(cfg: PairsConfig, shard_index: int) -> int:
-    return cfg.seed * 7919 + shard_index * 101 + 17
-
-
-def pairs_shard(items: list[dict], cfg: PairsConfig, policy: Backend, shard_index: int, progress: Progress | None = None) -> list[dict]:
+def pairs_shard(shard: Shard, cfg: PairsConfig, policy: Backend, progress: Progress | None = None) -> list[dict]:
     """Sample K answers for every prompt of one shard in a single generate call."""
+    items = shard.items
     convs = [[{"role": "user", "content": it["prompt"]}] for it in items for _ in range(cfg.k)]
-    params = GenParams(max_new_tokens=cfg.max_tokens, temperature=cfg.temperature, top_p=cfg.top_p, seed=shard_seed(cfg, shard_index))
+    params = GenParams(max_new_tokens=cfg.max_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                       seed=shard.seed(SAMPLING_STEP))
     comps = policy.generate(convs, params)
     rows = []
     for j, it in enumerate(items):
@@ -94,51 +103,34 @@ def run_pairs(
     if cfg.helpful and cfg.helpful_limit != 0:
         helpful = load_prompts(cfg.helpful, split="train", limit=cfg.helpful_limit)
     items = [dict(r, kind="redteam") for r in red] + [dict(r, kind="helpful") for r in helpful]
-    stage = StageDir(run_dir, "pairs")
     pool = pool or BackendPool()
-    if overwrite or not stage.is_complete():
-        pool.get(cfg.policy)  # a model that fails to load must not leave a half-started stage behind
-    state = stage.begin({"pairs": cfg.model_dump(mode="json"), "prompt_ids": [it["id"] for it in items]}, overwrite=overwrite)
-    if state == "complete":
-        return stage.manifest()
-    policy = pool.get(cfg.policy)
-    shards = [items[i : i + cfg.shard_size] for i in range(0, len(items), cfg.shard_size)]
-    already = sum(len(s) for i, s in enumerate(shards) if stage.shard_done(i))
-    prog = Progress(total=len(items), done=already, callback=on_progress)
-    prog.extra["resumed_rows"] = already
-    if on_ready:
-        on_ready(prog)
-    t0 = time.perf_counter()
-    for i, shard in enumerate(shards):
-        if stage.shard_done(i):
-            continue
-        stage.write_shard(i, pairs_shard(shard, cfg, policy, i, prog))
-    elapsed = time.perf_counter() - t0
-    rows = stage.read_shards(len(shards))
-    stage.write_output("pairs.jsonl", rows)
-    n_answers = sum(len(r["responses"]) for r in rows)
-    manifest = {
-        "model": policy.describe(),
-        "counts": {
-            "prompts": len(rows),
-            "redteam_prompts": sum(r["kind"] == "redteam" for r in rows),
-            "helpful_prompts": sum(r["kind"] == "helpful" for r in rows),
-            "answers": n_answers,
-            "k": cfg.k,
-            "comparisons": sum(max(len(r["responses"]) - 1, 0) for r in rows),
-            "identical_rows": sum(r["identical"] for r in rows),
-            "truncated_answers": sum(f == "length" for r in rows for f in r["finish"]),
-            "empty_answers": sum(sum(r["empty"]) for r in rows),
-        },
-        "tokens": {"generated_this_session": prog.tokens, "backend_stats": policy.stats.as_dict()},
-        "timing": {
-            "seconds_this_session": round(elapsed, 2),
-            "rows_this_session": len(rows) - already,
-            "generated_tokens_per_s": round(prog.tokens / elapsed, 2) if elapsed > 0 else None,
-            "resumed_rows": already,
-        },
-        "outputs": {"pairs": "pairs.jsonl"},
-        "config": cfg.model_dump(mode="json"),
-    }
-    stage.finish(manifest)
-    return manifest
+
+    def finish(result: ShardedResult[Backend]) -> dict:
+        rows, policy = result.rows, result.resources
+        result.stage.write_output("pairs.jsonl", rows)
+        return {
+            "model": policy.describe(),
+            "counts": {
+                "prompts": len(rows),
+                "redteam_prompts": sum(r["kind"] == "redteam" for r in rows),
+                "helpful_prompts": sum(r["kind"] == "helpful" for r in rows),
+                "answers": sum(len(r["responses"]) for r in rows),
+                "k": cfg.k,
+                "comparisons": sum(max(len(r["responses"]) - 1, 0) for r in rows),
+                "identical_rows": sum(r["identical"] for r in rows),
+                "truncated_answers": sum(f == "length" for r in rows for f in r["finish"]),
+                "empty_answers": sum(sum(r["empty"]) for r in rows),
+            },
+            "tokens": {"generated_this_session": result.tokens, "backend_stats": policy.stats.as_dict()},
+            "timing": result.timing(),
+            "outputs": {"pairs": "pairs.jsonl"},
+            "config": cfg.model_dump(mode="json"),
+        }
+
+    return run_sharded(
+        run_dir, "pairs", items, shard_size=cfg.shard_size, seed=cfg.seed,
+        identity={"pairs": cfg.model_dump(mode="json"), "prompt_ids": [it["id"] for it in items]},
+        load=lambda: pool.get(cfg.policy),
+        work=lambda shard, policy, prog: pairs_shard(shard, cfg, policy, prog),
+        finish=finish, overwrite=overwrite, on_progress=on_progress, on_ready=on_ready,
+    )

@@ -32,35 +32,20 @@ from __future__ import annotations
 import json
 import math
 import os
-import random
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from pydantic import Field
 
 from cai.backends.spec import ModelSpec
+from cai.data.io import write_json
 from cai.errors import UserInputError
-from cai.runs import StageDir
-from cai.train.common import (
-    PREFERENCE_ALIASES,
-    Conversation,
-    MetricsLogger,
-    TrainSettings,
-    file_digest,
-    finish_checkpoints,
-    load_preferences,
-    load_tokenizer,
-    lora_config,
-    param_counts,
-    resolve_device,
-    resolve_model_path,
-    resolve_run_input,
-    save_model_folder,
-    train_with_resume,
-    trainer_kwargs,
-    training_summary,
-)
+from cai.seeding import rng, seed_torch
+from cai.train.data import PREFERENCE_ALIASES, Conversation, as_messages, file_digest, load_preferences, resolve_run_input
+from cai.train.models import load_tokenizer, lora_config, resolve_model_path
+from cai.train.runner import Trained, TrainingRun, identity_config, run_training
+from cai.train.settings import TrainSettings, resolve_device
 
 META_FILE = "cai_reward.json"
 LOSS_NAME = "soft Bradley-Terry: -[p*log(sigmoid(d)) + (1-p)*log(sigmoid(-d))], d = r_chosen - r_rejected"
@@ -259,7 +244,7 @@ def split_pairs(pairs: list[dict], fraction: float, seed: int) -> tuple[list[dic
         return pairs, []
     n_eval = min(len(pairs) - 1, max(1, int(round(fraction * len(pairs)))))
     idx = list(range(len(pairs)))
-    random.Random(f"reward-split:{seed}").shuffle(idx)
+    rng("reward-split", seed).shuffle(idx)
     held = set(idx[:n_eval])
     return [p for i, p in enumerate(pairs) if i not in held], [p for i, p in enumerate(pairs) if i in held]
 
@@ -297,10 +282,10 @@ def _trainer_class():
 def load_reward_base(path: str | Path, tok, seed: int):
     """The base LM with a fresh one-output score head (seeded), float32, pad id set."""
     import torch
-    from transformers import AutoModelForSequenceClassification, set_seed
+    from transformers import AutoModelForSequenceClassification
     from trl.trainer.reward_trainer import suppress_seqcls_warning
 
-    set_seed(seed)
+    seed_torch(seed)
     with suppress_seqcls_warning():
         model = AutoModelForSequenceClassification.from_pretrained(str(path), num_labels=1, dtype=torch.float32)
     model.config.pad_token_id = tok.pad_token_id
@@ -308,99 +293,87 @@ def load_reward_base(path: str | Path, tok, seed: int):
 
 
 def run_reward(cfg: RewardStageConfig, run_dir: str | Path, *, overwrite: bool = False, progress: bool = True,
-               callbacks: list | None = None) -> dict:
+               callbacks: list | None = None, on_progress: Callable[[Any], None] | None = None,
+               on_ready: Callable[[Any], None] | None = None) -> dict:
     """Run (or resume) ``cai reward`` into ``run_dir/reward``. Returns the manifest."""
     run_dir = Path(run_dir)
     data_path = resolve_run_input(cfg.data, run_dir, PREFERENCE_ALIASES, field="data", command="cai reward")
     pairs, data_info = load_preferences(data_path, label_field=cfg.label_field, column_map=cfg.column_map)
     base_path, base_label = resolve_model_path(cfg.model, field="model")
-    stage = StageDir(run_dir, "reward")
-    state = stage.begin(
-        {"reward": cfg.model_dump(mode="json"), "base_model": str(base_path), "data_digest": file_digest(data_path)},
-        overwrite=overwrite,
-    )
-    if state == "complete":
-        return stage.manifest()
 
-    from datasets import Dataset
-    from trl import RewardConfig
+    def train(run: TrainingRun) -> Trained:
+        from datasets import Dataset
+        from trl import RewardConfig
 
-    device = resolve_device(cfg.device)
-    tok = load_tokenizer(base_path)
-    truncated = 0
-    for r in pairs:
-        full_c = len(tok.apply_chat_template(r["prompt"] + r["chosen"], tokenize=True, return_dict=True)["input_ids"])
-        full_r = len(tok.apply_chat_template(r["prompt"] + r["rejected"], tokenize=True, return_dict=True)["input_ids"])
-        truncated += max(full_c, full_r) > cfg.max_length
-        r["chosen_ids"] = encode_pair_side(tok, r["prompt"], r["chosen"], cfg.max_length)
-        r["rejected_ids"] = encode_pair_side(tok, r["prompt"], r["rejected"], cfg.max_length)
-    train_pairs, eval_pairs = split_pairs(pairs, cfg.eval_fraction, cfg.seed)
-    model = load_reward_base(base_path, tok, cfg.seed)
-    eval_bs = max(2, cfg.batch_size * 2)
-    before = _eval_pairs(model, tok, eval_pairs, eval_bs, cfg.calibration_bins) if (eval_pairs and cfg.eval_before) else None
+        tok = load_tokenizer(base_path)
+        truncated = 0
+        for r in pairs:
+            full_c = len(tok.apply_chat_template(r["prompt"] + r["chosen"], tokenize=True, return_dict=True)["input_ids"])
+            full_r = len(tok.apply_chat_template(r["prompt"] + r["rejected"], tokenize=True, return_dict=True)["input_ids"])
+            truncated += max(full_c, full_r) > cfg.max_length
+            r["chosen_ids"] = encode_pair_side(tok, r["prompt"], r["chosen"], cfg.max_length)
+            r["rejected_ids"] = encode_pair_side(tok, r["prompt"], r["rejected"], cfg.max_length)
+        train_pairs, eval_pairs = split_pairs(pairs, cfg.eval_fraction, cfg.seed)
+        model = load_reward_base(base_path, tok, cfg.seed)
+        eval_bs = max(2, cfg.batch_size * 2)
+        before = (_eval_pairs(model, tok, eval_pairs, eval_bs, cfg.calibration_bins)
+                  if (eval_pairs and cfg.eval_before) else None)
+        ds = Dataset.from_list([{"chosen_ids": r["chosen_ids"], "rejected_ids": r["rejected_ids"],
+                                 "p_chosen": r["p_chosen"]} for r in train_pairs])
+        args = RewardConfig(
+            **run.trainer_kwargs(cfg, default_lr=_default_lr(cfg), remove_unused_columns=False),
+            max_length=cfg.max_length,
+            center_rewards_coefficient=cfg.center_rewards_coefficient,
+            disable_dropout=True,
+        )
+        collator_cls, trainer_cls = _trainer_class()
+        trainer = trainer_cls(
+            model=model,
+            args=args,
+            data_collator=collator_cls(pad_token_id=tok.pad_token_id),
+            train_dataset=ds,
+            processing_class=tok,
+            peft_config=lora_config(cfg, "SEQ_CLS", modules_to_save=["score"]) if cfg.lora else None,
+            callbacks=run.callbacks(),
+        )
+        fitted = run.fit(trainer)
+        trained = trainer.accelerator.unwrap_model(trainer.model)
+        after = _eval_pairs(trained, tok, eval_pairs, eval_bs, cfg.calibration_bins) if eval_pairs else None
+        label_desc = (f"soft labels from field '{data_info['label_field']}'" if data_info["label_field"]
+                      else "hard labels (p = 1: no soft-label field)")
+        write_json(run.stage.path / "eval.json", {
+            "n_eval": len(eval_pairs),
+            "n_train": len(train_pairs),
+            "eval_fraction": cfg.eval_fraction,
+            "calibration_target": f"mean label P(chosen better) per bin of sigmoid(r_chosen - r_rejected); {label_desc}",
+            "before_training": before,
+            "after_training": after,
+            "eval_ids": [r["id"] for r in eval_pairs],
+        })
+        meta = {"max_length": cfg.max_length, "truncation": "keep_end", "encoding": "chat_template(prompt + [answer])",
+                "loss": LOSS_NAME, "base_model": base_label}
+        return Trained(
+            model=trained,
+            tokenizer=tok,
+            model_files={META_FILE: meta},
+            manifest={
+                "base_model": {"path": str(base_path), "label": base_label},
+                "data": {**data_info, "train_pairs": len(train_pairs), "eval_pairs": len(eval_pairs),
+                         "truncated_pairs": truncated},
+                "loss": {"name": LOSS_NAME, "labels": label_desc,
+                         "why": "cross-entropy of the Bradley-Terry probability against the labeler's probability: "
+                                "equals the hard loss at p=1 and is minimised where sigmoid(d) = p, so rewards stay "
+                                "calibrated"},
+                "eval": {k: (after or {}).get(k) for k in ("n", "accuracy", "mean_margin", "ece", "soft_bt_loss")}
+                | {"before_accuracy": (before or {}).get("accuracy"), "before_ece": (before or {}).get("ece")},
+            },
+            **fitted,
+        )
 
-    ds = Dataset.from_list([{"chosen_ids": r["chosen_ids"], "rejected_ids": r["rejected_ids"], "p_chosen": r["p_chosen"]}
-                            for r in train_pairs])
-    ckpt_dir = stage.path / "checkpoints"
-    metrics_path = stage.path / "metrics.jsonl"
-    args = RewardConfig(
-        **trainer_kwargs(cfg, ckpt_dir, default_lr=_default_lr(cfg), progress=progress, remove_unused_columns=False),
-        max_length=cfg.max_length,
-        center_rewards_coefficient=cfg.center_rewards_coefficient,
-        disable_dropout=True,
-    )
-    collator_cls, trainer_cls = _trainer_class()
-    trainer = trainer_cls(
-        model=model,
-        args=args,
-        data_collator=collator_cls(pad_token_id=tok.pad_token_id),
-        train_dataset=ds,
-        processing_class=tok,
-        peft_config=lora_config(cfg, "SEQ_CLS", modules_to_save=["score"]) if cfg.lora else None,
-        callbacks=[MetricsLogger(metrics_path), *(callbacks or [])],
-    )
-    params = param_counts(trainer.model)
-    t0 = time.perf_counter()
-    result, resumed = train_with_resume(trainer, ckpt_dir, metrics_path, state)
-    seconds = time.perf_counter() - t0
-    training = training_summary(trainer, result, seconds, resumed, device)
-    trained = trainer.accelerator.unwrap_model(trainer.model)
-    after = _eval_pairs(trained, tok, eval_pairs, eval_bs, cfg.calibration_bins) if eval_pairs else None
-    label_desc = (f"soft labels from field '{data_info['label_field']}'" if data_info["label_field"]
-                  else "hard labels (p = 1: no soft-label field)")
-    eval_doc = {
-        "n_eval": len(eval_pairs),
-        "n_train": len(train_pairs),
-        "eval_fraction": cfg.eval_fraction,
-        "calibration_target": f"mean label P(chosen better) per bin of sigmoid(r_chosen - r_rejected); {label_desc}",
-        "before_training": before,
-        "after_training": after,
-        "eval_ids": [r["id"] for r in eval_pairs],
-    }
-    from cai.data.io import write_json
-
-    write_json(stage.path / "eval.json", eval_doc)
-    meta = {"max_length": cfg.max_length, "truncation": "keep_end", "encoding": "chat_template(prompt + [answer])",
-            "loss": LOSS_NAME, "base_model": base_label}
-    save_model_folder(trained, tok, stage.path / "model", extra_json={META_FILE: meta})
-    manifest = {
-        "base_model": {"path": str(base_path), "label": base_label},
-        "data": {**data_info, "train_pairs": len(train_pairs), "eval_pairs": len(eval_pairs), "truncated_pairs": truncated},
-        "loss": {"name": LOSS_NAME, "labels": label_desc,
-                 "why": "cross-entropy of the Bradley-Terry probability against the labeler's probability: equals the "
-                        "hard loss at p=1 and is minimised where sigmoid(d) = p, so rewards stay calibrated"},
-        "eval": {k: (after or {}).get(k) for k in ("n", "accuracy", "mean_margin", "ece", "soft_bt_loss")}
-        | {"before_accuracy": (before or {}).get("accuracy"), "before_ece": (before or {}).get("ece")},
-        "lora": {"r": cfg.lora_r, "alpha": cfg.lora_alpha, "dropout": cfg.lora_dropout,
-                 "target_modules": cfg.lora_target_modules, "merged": True} if cfg.lora else None,
-        "params": params,
-        "training": training,
-        "outputs": {"model": "model", "metrics": "metrics.jsonl", "eval": "eval.json"},
-        "config": cfg.model_dump(mode="json"),
-    }
-    stage.finish(manifest)
-    finish_checkpoints(ckpt_dir, cfg.keep_checkpoints)  # after the manifest: a kill before it can still resume
-    return stage.manifest()
+    identity = {"reward": identity_config(cfg), "base_model": str(base_path), "data_digest": file_digest(data_path)}
+    return run_training(run_dir, "reward", cfg, identity=identity, train=train, outputs={"eval": "eval.json"},
+                        overwrite=overwrite, progress=progress, callbacks=callbacks, on_progress=on_progress,
+                        on_ready=on_ready)
 
 
 # --- cai score ------------------------------------------------------------------------------------------------------
@@ -410,7 +383,6 @@ def score_file(model_dir: str | Path, input_path: str | Path, output_path: str |
     the rows with a ``reward`` field to ``output_path`` (atomically). Returns a summary."""
     from cai.data.io import write_jsonl
     from cai.data.readers import read_records
-    from cai.train.common import as_messages
 
     input_path = Path(input_path)
     rows = read_records(input_path, required=(), column_map=column_map, id_prefix="row")

@@ -17,34 +17,19 @@ Output ``runs/<run>/sft/``: ``model/`` (LoRA merged into the weights: a plain HF
 
 from __future__ import annotations
 
-import random
-import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from cai.backends.spec import ModelSpec
+from cai.config import none_as_null
 from cai.errors import UserInputError
-from cai.runs import StageDir
-from cai.train.common import (
-    MetricsLogger,
-    TrainSettings,
-    as_messages,
-    file_digest,
-    finish_checkpoints,
-    load_causal_lm,
-    load_tokenizer,
-    lora_config,
-    param_counts,
-    resolve_device,
-    resolve_model_path,
-    resolve_run_input,
-    save_model_folder,
-    train_with_resume,
-    trainer_kwargs,
-    training_summary,
-)
+from cai.seeding import rng
+from cai.train.data import as_messages, file_digest, resolve_run_input
+from cai.train.models import load_causal_lm, load_tokenizer, lora_config, resolve_model_path
+from cai.train.runner import Trained, TrainingRun, identity_config, run_training
+from cai.train.settings import TrainSettings
 
 RUN_ALIASES = {"revise": "revise/sft.jsonl"}
 HELPFUL_ALIASES = {"revise": "revise/helpful.jsonl"}
@@ -63,6 +48,7 @@ class SFTStageConfig(TrainSettings):
         default="revise",
         description="Helpful rows mixed in: 'revise' = this run's revise/helpful.jsonl (skipped if absent), a file, or null",
     )
+    _helpful_none = field_validator("helpful", mode="before")(none_as_null)  # `--helpful none` means null
     helpful_ratio: float = Field(default=1.0, ge=0, description="Helpful rows per revision row (sampled with the seed)")
     model: ModelSpec = Field(default_factory=ModelSpec, description="Base model to fine-tune: 'embedded' or a local HF folder")
     lora: bool = Field(default=True, description="Train a LoRA adapter (merged on save) instead of all weights")
@@ -127,11 +113,11 @@ def build_sft_data(cfg: SFTStageConfig, run_dir: Path) -> tuple[list[dict], dict
             help_path = resolve_run_input(cfg.helpful, run_dir, HELPFUL_ALIASES, field="helpful", command="cai sft")
         if help_path is not None:
             helpful = _read_pairs(help_path, {}, "helpful")
-    rng = random.Random(f"sft-mix:{cfg.seed}")
+    mix = rng("sft-mix", cfg.seed)
     wanted = int(round(cfg.helpful_ratio * len(main))) if helpful else 0
-    used = helpful if wanted >= len(helpful) else rng.sample(helpful, wanted)
+    used = helpful if wanted >= len(helpful) else mix.sample(helpful, wanted)
     rows = [dict(r, source="revision") for r in main] + [dict(r, source="helpful") for r in used]
-    rng.shuffle(rows)
+    mix.shuffle(rows)
     info.update(
         helpful_file=str(help_path) if help_path else None,
         helpful_digest=file_digest(help_path) if help_path else None,
@@ -165,68 +151,55 @@ def run_sft(
     overwrite: bool = False,
     progress: bool = True,
     callbacks: list | None = None,
+    on_progress: Callable[[Any], None] | None = None,
+    on_ready: Callable[[Any], None] | None = None,
 ) -> dict:
     """Run (or resume) ``cai sft`` into ``run_dir/sft``. Returns the manifest."""
     run_dir = Path(run_dir)
     rows, data_info = build_sft_data(cfg, run_dir)
     base_path, base_label = resolve_model_path(cfg.model, field="model")
-    stage = StageDir(run_dir, "sft")
-    state = stage.begin(
-        {"sft": cfg.model_dump(mode="json"), "base_model": str(base_path), "data": {k: data_info[k] for k in ("data_digest", "helpful_digest")}},
-        overwrite=overwrite,
-    )
-    if state == "complete":
-        return stage.manifest()
 
-    from datasets import Dataset
-    from trl import SFTConfig
-    from trl import SFTTrainer
+    def train(run: TrainingRun) -> Trained:
+        from datasets import Dataset
+        from trl import SFTConfig, SFTTrainer
 
-    device = resolve_device(cfg.device)
-    tok = load_tokenizer(base_path)
-    rows, length_info = _length_filter(rows, tok, cfg.max_length)
-    if not rows:
-        raise UserInputError(
-            f"No SFT rows fit in max_length={cfg.max_length} tokens (every prompt is too long).",
-            fix="raise max_length.",
+        tok = load_tokenizer(base_path)
+        kept, length_info = _length_filter(rows, tok, cfg.max_length)
+        if not kept:
+            raise UserInputError(
+                f"No SFT rows fit in max_length={cfg.max_length} tokens (every prompt is too long).",
+                fix="raise max_length.",
+            )
+        ds = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in kept])
+        args = SFTConfig(
+            **run.trainer_kwargs(cfg, default_lr=_default_lr(cfg)),
+            max_length=cfg.max_length,
+            packing=False,
+            completion_only_loss=True,
+            assistant_only_loss=False,
         )
-    model = load_causal_lm(base_path, tok)
-    ds = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
-    ckpt_dir = stage.path / "checkpoints"
-    metrics_path = stage.path / "metrics.jsonl"
-    args = SFTConfig(
-        **trainer_kwargs(cfg, ckpt_dir, default_lr=_default_lr(cfg), progress=progress),
-        max_length=cfg.max_length,
-        packing=False,
-        completion_only_loss=True,
-        assistant_only_loss=False,
-    )
-    trainer = SFTTrainer(
-        model=model,
-        args=args,
-        train_dataset=ds,
-        processing_class=tok,
-        peft_config=lora_config(cfg, "CAUSAL_LM") if cfg.lora else None,
-        callbacks=[MetricsLogger(metrics_path), *(callbacks or [])],
-    )
-    params = param_counts(trainer.model)
-    t0 = time.perf_counter()
-    result, resumed = train_with_resume(trainer, ckpt_dir, metrics_path, state)
-    seconds = time.perf_counter() - t0
-    training = training_summary(trainer, result, seconds, resumed, device)
-    save_model_folder(trainer.accelerator.unwrap_model(trainer.model), tok, stage.path / "model")
-    by_source = {s: sum(r["source"] == s for r in rows) for s in ("revision", "helpful")}
-    manifest = {
-        "base_model": {"path": str(base_path), "label": base_label},
-        "data": {**data_info, **length_info, "train_rows": len(rows), "train_rows_by_source": by_source},
-        "loss_on": "completion tokens only (prompt-completion format)",
-        "lora": {"r": cfg.lora_r, "alpha": cfg.lora_alpha, "dropout": cfg.lora_dropout,
-                 "target_modules": cfg.lora_target_modules, "merged": True} if cfg.lora else None,
-        "params": params,
-        "training": training,
-        "outputs": {"model": "model", "metrics": "metrics.jsonl"},
-        "config": cfg.model_dump(mode="json"),
-    }
-    stage.finish(manifest)
-    finish_checkpoints(ckpt_dir, cfg.keep_checkpoints)  # after the manifest: a kill before it can still resume
-    return stage.manifest()
+        trainer = SFTTrainer(
+            model=load_causal_lm(base_path, tok),
+            args=args,
+            train_dataset=ds,
+            processing_class=tok,
+            peft_config=lora_config(cfg, "CAUSAL_LM") if cfg.lora else None,
+            callbacks=run.callbacks(),
+        )
+        fitted = run.fit(trainer)
+        by_source = {s: sum(r["source"] == s for r in kept) for s in ("revision", "helpful")}
+        return Trained(
+            model=trainer.accelerator.unwrap_model(trainer.model),
+            tokenizer=tok,
+            manifest={
+                "base_model": {"path": str(base_path), "label": base_label},
+                "data": {**data_info, **length_info, "train_rows": len(kept), "train_rows_by_source": by_source},
+                "loss_on": "completion tokens only (prompt-completion format)",
+            },
+            **fitted,
+        )
+
+    identity = {"sft": identity_config(cfg), "base_model": str(base_path),
+                "data": {k: data_info[k] for k in ("data_digest", "helpful_digest")}}
+    return run_training(run_dir, "sft", cfg, identity=identity, train=train, overwrite=overwrite, progress=progress,
+                        callbacks=callbacks, on_progress=on_progress, on_ready=on_ready)
