@@ -101,14 +101,15 @@ def check_base_url(url: str) -> None:
 
 
 def fake_options(model: str) -> dict[str, float]:
-    """Options of the fake backend: 'fake' or 'delay=SECONDS' (comma-separated key=value)."""
-    if model in ("fake", ""):
-        return {}
+    """Options of the fake backend: ``fake:NAME`` (a name that tells scripted fakes apart) and/or ``delay=SECONDS``,
+    comma-separated."""
     out: dict[str, float] = {}
     for item in model.split(","):
         key, eq, value = item.partition("=")
-        if not eq or key.strip() != "delay":
-            raise ValueError(f"fake backend option '{item}' is not known; use fake or fake:delay=SECONDS")
+        if not eq:
+            continue  # a name
+        if key.strip() != "delay":
+            raise ValueError(f"fake backend option '{key}' is not known; use fake, fake:NAME or fake:delay=SECONDS")
         try:
             seconds = float(value)
         except ValueError:
