@@ -37,15 +37,23 @@ def parse_column_map(items: list[str] | dict[str, str] | None) -> dict[str, str]
 
 
 def _read_text(path: Path) -> str:
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise UserInputError(f"{path}: cannot read it ({e.strerror or e}).", fix="check the path and its permissions.") from None
+    return _decode(path, data)
+
+
+def _decode(path: Path, data: bytes, *, inside: str = "") -> str:
     if not data.strip():
-        raise UserInputError(f"{path} is empty.", fix="give a file with at least one record.")
+        raise UserInputError(f"{path} is empty{' once decompressed' if inside else ''}.", fix="give a file with at least one record.")
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         line = data[: e.start].count(b"\n") + 1
+        where = f" in {inside}" if inside else ""
         raise UserInputError(
-            f"{path}:{line}: not valid UTF-8 (byte 0x{data[e.start]:02x} at offset {e.start}).",
+            f"{path}:{line}: not valid UTF-8{where} (byte 0x{data[e.start]:02x} at offset {e.start}).",
             fix="re-save the file as UTF-8, e.g. `iconv -f latin1 -t utf-8 in > out`.",
         ) from None
 
@@ -73,25 +81,33 @@ def _read_raw(path: Path) -> tuple[list[dict[str, Any]], list[int]]:
         rows = ds.to_list()
         return rows, [0] * len(rows)
     if suffix == ".parquet":
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        rows = pq.read_table(str(path)).to_pylist()
+        try:
+            rows = pq.read_table(str(path)).to_pylist()
+        except (pa.ArrowException, OSError, ValueError) as e:
+            raise UserInputError(
+                f"{path}: not a readable Parquet file ({str(e).splitlines()[0] if str(e) else type(e).__name__}).",
+                fix="re-export it as Parquet, or give the file the extension of its real format (.jsonl, .csv, ...).",
+            ) from None
         if not rows:
             raise UserInputError(f"{path} has no rows.", fix="give a file with at least one record.")
         return rows, [i + 1 for i in range(len(rows))]
     if suffix in (".jsonl.gz", ".json.gz"):
         import gzip
 
-        text = gzip.decompress(path.read_bytes()).decode("utf-8")
+        try:
+            data = gzip.decompress(path.read_bytes())
+        except (OSError, EOFError, gzip.BadGzipFile) as e:
+            raise UserInputError(f"{path}: not a valid gzip file ({e}).",
+                                 fix="compress it with `gzip FILE`, or drop the .gz from its name if it is plain text.") from None
+        text = _decode(path, data, inside="the decompressed data")
         suffix = suffix[:-3]
     else:
         text = _read_text(path)
     if suffix == ".csv" or suffix == ".tsv":
-        reader = csv.DictReader(io.StringIO(text), delimiter="\t" if suffix == ".tsv" else ",")
-        rows = list(reader)
-        if not rows:
-            raise UserInputError(f"{path} has a header but no rows.", fix="add at least one row.")
-        return rows, [i + 2 for i in range(len(rows))]
+        return _read_csv(path, text, "\t" if suffix == ".tsv" else ",")
     if suffix == ".json":
         try:
             obj = json.loads(text)
@@ -127,16 +143,46 @@ def _read_raw(path: Path) -> tuple[list[dict[str, Any]], list[int]]:
     )
 
 
+def _read_csv(path: Path, text: str, delimiter: str) -> tuple[list[dict[str, Any]], list[int]]:
+    """Rows with the line each starts on. An unbalanced quote (which would swallow the rest of the file into one
+    field) and rows with more cells than the header are refused with their line."""
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
+    rows, lines = [], []
+    start = 2
+    try:
+        for row in reader:
+            if None in row:
+                raise UserInputError(
+                    f"{path}:{start}: {len(row[None]) + len(reader.fieldnames or [])} cells, but the header has "
+                    f"{len(reader.fieldnames or [])}.",
+                    fix="quote cells that contain the delimiter, or fix the row.",
+                )
+            rows.append(row)
+            lines.append(start)
+            start = reader.line_num + 1
+    except csv.Error as e:
+        raise UserInputError(
+            f"{path}:{start}: CSV error ({e}); a quote opened on line {start} is never closed, so the rest of the file "
+            "would be read as one cell." if "end of data" in str(e) or "EOF" in str(e) else f"{path}:{reader.line_num}: CSV error ({e}).",
+            fix='close the quote, or double quotes inside quoted cells ("like ""this"""); unquoted cells may not contain quotes after text.',
+        ) from None
+    if not rows:
+        raise UserInputError(f"{path} has a header but no rows.", fix="add at least one row.")
+    return rows, lines
+
+
 def read_records(
     path: str | Path,
     *,
     required: tuple[str, ...] = ("prompt",),
     column_map: dict[str, str] | None = None,
     id_prefix: str = "row",
+    text_fields: tuple[str, ...] = (),
 ) -> list[dict[str, Any]]:
     """Read a user file into records with our field names. ``column_map`` maps our field -> their column.
 
-    Every record gets an ``id`` (its own, or ``{id_prefix}-{n}``). Required fields must be present and non-empty.
+    Every record gets an ``id`` (its own, or ``{id_prefix}-{n}``). Required fields must be present and non-empty;
+    ``text_fields`` must be strings (not numbers, lists, objects or booleans).
     """
     path = Path(path)
     if not path.exists():
@@ -160,6 +206,14 @@ def read_records(
             if val is None or (isinstance(val, str) and not val.strip()):
                 where = f"{path}:{line}" if line else f"{path} (row {i + 1})"
                 raise UserInputError(f"{where}: field '{field}' is empty.", fix="fill it in or remove the row.")
+        for field in text_fields:
+            val = rec.get(field)
+            if val is not None and not isinstance(val, str):
+                where = f"{path}:{line}" if line else f"{path} (row {i + 1})"
+                kind = {bool: "a boolean", int: "a number", float: "a number", list: "a list", dict: "an object"}.get(
+                    type(val), type(val).__name__)
+                raise UserInputError(f"{where}: field '{field}' must be text, but it is {kind} ({str(val)[:60]}).",
+                                     fix=f"write the {field} as a quoted string, e.g. \"{field}\": \"...\".")
         rec.setdefault("id", f"{id_prefix}-{i + 1:05d}")
         rec["id"] = str(rec["id"])
         out.append(rec)
@@ -182,11 +236,20 @@ def load_prompts(
     """Prompts from a shipped set (``redteam``, ``helpful``) or a user file. ``split`` filters rows that have one
     (``train``, ``eval``, ``all``); the eval split of the shipped sets is never used for training."""
     if source in SHIPPED:
-        rows = read_records(shipped_path(source))
+        rows = read_records(shipped_path(source), text_fields=("prompt",))
     else:
-        rows = read_records(source, column_map=column_map)
+        rows = read_records(source, column_map=column_map, text_fields=("prompt",))
     if split != "all":
-        rows = [r for r in rows if r.get("split", split) == split]
+        kept = [r for r in rows if r.get("split", split) == split]
+        if not kept:
+            found = sorted({str(r.get("split")) for r in rows})
+            raise UserInputError(
+                f"{source}: none of its {len(rows)} rows is in split '{split}' (splits found: {', '.join(found)}), "
+                "so this would run on no prompts.",
+                fix=f"mark the rows to use with split: {split}, drop the split column, or choose the split "
+                "(prompt_split: all uses every row).",
+            )
+        rows = kept
     if limit is not None:
         rows = rows[:limit]
     return rows
