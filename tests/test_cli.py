@@ -128,7 +128,7 @@ def test_unknown_backend_in_config(runner, tmp_path):
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text("policy: {backend: nope}\n", encoding="utf-8")
     r = runner.invoke(app, ["revise", "--config", str(cfg), "--runs-dir", str(tmp_path / "runs")])
-    assert_user_error(r, str(cfg), "policy.backend", "'transformers', 'openai' or 'fake'")
+    assert_user_error(r, str(cfg), "policy.backend", "Input should be 'transformers', 'openai'", "'fake'")
     # The same inside a `revise:` section.
     cfg.write_text("revise:\n  critic: {backend: nope, model: x}\n", encoding="utf-8")
     r = runner.invoke(app, ["revise", "--config", str(cfg), "--runs-dir", str(tmp_path / "runs")])

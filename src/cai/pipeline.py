@@ -1,35 +1,38 @@
 """``cai pipeline CONFIG``: every stage in order from one YAML config, each into its own folder of the run.
 
-Order: revise (SL-CAI data) -> sft (SL-CAI model) -> pairs -> label (AI preferences) -> reward -> rl (RL-CAI model)
--> dpo -> eval. ``stages:`` picks which run; ``reuse:`` takes a finished stage folder from an earlier run instead of
+The stages and their order come from :mod:`cai.registry`: revise (SL-CAI data) -> sft (SL-CAI model) -> pairs ->
+label (AI preferences) -> reward -> rl (RL-CAI model) -> dpo -> eval. ``stages:`` picks which run; ``reuse:`` takes a finished stage folder from an earlier run instead of
 running it. Each stage resumes itself (finished shards and trainer checkpoints are kept), and a finished stage (its
 manifest exists) is skipped, so rerunning a killed pipeline continues at the stage and row where it stopped.
 
-Wiring: a stage left at its defaults reads the previous stage's output in the same run (sft reads revise, pairs and
-rl sample from sft/model, label reads pairs, reward and dpo read label, rl uses reward/model), and eval compares the
-base model, the SL-CAI model and the RL-CAI model(s) on the held-out shipped prompts.
+Wiring (the inputs of each stage's record, see :func:`cai.registry.wire`): a stage left at its defaults reads the
+previous stage's output in the same run (sft reads revise, pairs and rl sample from sft/model, label reads pairs,
+reward and dpo read label, rl uses reward/model), and eval compares the base model, the SL-CAI model and the RL-CAI
+model(s) on the held-out shipped prompts.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
+from cai import registry
 from cai.backends.registry import BackendPool
 from cai.backends.spec import ModelSpec
-from cai.config import build_config, read_yaml
+from cai.config import build_config, read_yaml, set_path
 from cai.data.io import write_json
-from cai.errors import ConfigError, UserInputError
+from cai.errors import UserInputError
 
-STAGES = ("revise", "sft", "pairs", "label", "reward", "rl", "dpo", "eval")
-StageName = Literal["revise", "sft", "pairs", "label", "reward", "rl", "dpo", "eval"]
+STAGES = registry.PIPELINE_STAGES
+StageName = Literal[STAGES]  # type: ignore[valid-type]
 
 
-class PipelineConfig(BaseModel):
+class _PipelineBase(BaseModel):
     """Top level of a pipeline YAML. Each stage's section takes that stage's settings (see `cai <stage> --help`)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -41,74 +44,15 @@ class PipelineConfig(BaseModel):
         default_factory=dict, description="Stage -> an earlier run folder whose finished stage is reused (linked)"
     )
     base_model: ModelSpec = Field(default_factory=ModelSpec, description="The starting policy (default: embedded)")
-    revise: dict[str, Any] = Field(default_factory=dict, description="Settings of `cai revise`")
-    sft: dict[str, Any] = Field(default_factory=dict, description="Settings of `cai sft`")
-    pairs: dict[str, Any] = Field(default_factory=dict, description="Settings of `cai pairs`")
-    label: dict[str, Any] = Field(default_factory=dict, description="Settings of `cai label`")
-    reward: dict[str, Any] = Field(default_factory=dict, description="Settings of `cai reward`")
-    rl: dict[str, Any] = Field(default_factory=dict, description="Settings of `cai rl`")
-    dpo: dict[str, Any] = Field(default_factory=dict, description="Settings of `cai dpo`")
-    eval: dict[str, Any] = Field(default_factory=dict, description="Settings of `cai eval` (models default to base/SL/RL)")
 
 
-def _stage_table() -> dict[str, tuple[type, Callable]]:
-    """Stage name -> (config class, run function); imported lazily (training stages import TRL)."""
-    from cai.stages.dpo import DPOStageConfig, run_dpo
-    from cai.stages.evaluate import EvalConfig, run_evaluate
-    from cai.stages.label import LabelConfig, run_label
-    from cai.stages.pairs import PairsConfig, run_pairs
-    from cai.stages.revise import ReviseConfig, run_revise
-    from cai.stages.reward import RewardStageConfig, run_reward
-    from cai.stages.sft import SFTStageConfig, run_sft
-
-    table: dict[str, tuple[type, Callable]] = {
-        "revise": (ReviseConfig, run_revise),
-        "sft": (SFTStageConfig, run_sft),
-        "pairs": (PairsConfig, run_pairs),
-        "label": (LabelConfig, run_label),
-        "reward": (RewardStageConfig, run_reward),
-        "dpo": (DPOStageConfig, run_dpo),
-        "eval": (EvalConfig, run_evaluate),
-    }
-    from cai.stages.rl import RLStageConfig, run_rl
-
-    table["rl"] = (RLStageConfig, run_rl)
-    return table
-
-
-def _model_dir(run_dir: Path, stage: str) -> Path:
-    return run_dir / stage / "model"
-
-
-def _wire(name: str, section: dict[str, Any], cfg: PipelineConfig, run_dir: Path, active: list[str]) -> dict[str, Any]:
-    """Fill defaults that connect a stage to the stages before it, unless the user set them."""
-    s = dict(section)
-    base = cfg.base_model.model_dump(mode="json")
-    sl_model = _model_dir(run_dir, "sft")
-    policy_after_sft = {"backend": "transformers", "model": str(sl_model)} if ("sft" in active or sl_model.exists()) else base
-    if name == "revise":
-        for role in ("policy", "critic", "reviser"):
-            s.setdefault(role, base)
-    elif name == "sft":
-        s.setdefault("model", base)
-    elif name == "pairs":
-        s.setdefault("policy", policy_after_sft)
-    elif name == "label":
-        s.setdefault("labeler", base)
-    elif name == "reward":
-        s.setdefault("model", base)
-    elif name in ("rl", "dpo"):
-        s.setdefault("policy", policy_after_sft)
-    elif name == "eval":
-        if "models" not in s:
-            models: dict[str, Any] = {"base": base}
-            if "sft" in active or sl_model.exists():
-                models["sl-cai"] = {"backend": "transformers", "model": str(sl_model)}
-            for stage, label in (("rl", "rl-cai"), ("dpo", "rl-cai-dpo")):
-                if stage in active or _model_dir(run_dir, stage).exists():
-                    models[label] = {"backend": "transformers", "model": str(_model_dir(run_dir, stage))}
-            s["models"] = models
-    return s
+# One section per pipeline stage of the registry, holding that stage's settings (validated before anything runs).
+PipelineConfig = create_model(  # type: ignore[call-overload]
+    "PipelineConfig",
+    __base__=_PipelineBase,
+    __doc__=_PipelineBase.__doc__,
+    **{name: (dict[str, Any], Field(default_factory=dict, description=f"Settings of `cai {name}`")) for name in STAGES},
+)
 
 
 def _reuse(stage: str, src_run: str, run_dir: Path) -> None:
@@ -129,12 +73,16 @@ def _reuse(stage: str, src_run: str, run_dir: Path) -> None:
     os.symlink(src.resolve(), dst, target_is_directory=True)
 
 
-def load_pipeline_config(path: str) -> PipelineConfig:
-    return build_config(PipelineConfig, read_yaml(path), source=str(path))
+def load_pipeline_config(path: str, sets: list[str] | None = None) -> Any:
+    """The pipeline YAML, with ``section.key=value`` assignments (``--set``) applied on top."""
+    data = read_yaml(path)
+    for assignment in sets or ():
+        set_path(PipelineConfig, data, assignment)
+    return build_config(PipelineConfig, data, source=str(path))
 
 
 def run_pipeline(
-    cfg: PipelineConfig,
+    cfg: Any,
     *,
     pool: BackendPool | None = None,
     on_stage: Callable[[str, str], None] | None = None,
@@ -144,17 +92,14 @@ def run_pipeline(
     """Run every selected stage in order. Returns {stage: manifest}."""
     run_dir = Path(cfg.runs_dir) / cfg.run
     active = [s for s in STAGES if s in cfg.stages]
-    table = _stage_table()
+    base = cfg.base_model.model_dump(mode="json")
     # Validate every section up front, so a typo in the eval section fails before an hour of training.
     configs = {}
     for name in active:
         if name in cfg.reuse:
             continue
-        if name not in table:
-            raise ConfigError(f"stages: '{name}' is not available in this installation.", fix="remove it from stages.")
-        cls, _ = table[name]
-        section = _wire(name, getattr(cfg, name), cfg, run_dir, active)
-        configs[name] = build_config(cls, section, source=f"pipeline section '{name}'")
+        section = registry.wire(name, getattr(cfg, name), run_dir, base=base, planned=active)
+        configs[name] = build_config(registry.get(name).config_class(), section, source=f"pipeline section '{name}'")
     pool = pool or BackendPool()
     manifests: dict[str, dict] = {}
     timings: dict[str, float] = {}
@@ -164,24 +109,15 @@ def run_pipeline(
             _reuse(name, cfg.reuse[name], run_dir)
             if on_stage:
                 on_stage(name, f"reused from {cfg.reuse[name]}")
-            import json
-
             manifests[name] = json.loads((run_dir / name / "manifest.json").read_text())
             continue
         if on_stage:
             on_stage(name, "start")
-        _, fn = table[name]
-        kwargs: dict[str, Any] = {}
-        if name in ("revise", "pairs", "label", "eval"):
-            kwargs["pool"] = pool
-            if progress_factory is not None:
-                bar = progress_factory(name)
-                with bar:
-                    manifests[name] = fn(configs[name], str(run_dir), on_progress=bar.update, on_ready=bar.ready, **kwargs)
-            else:
-                manifests[name] = fn(configs[name], str(run_dir), **kwargs)
+        if progress_factory is not None:
+            with progress_factory(name) as line:
+                manifests[name] = registry.call(name, configs[name], run_dir, pool=pool, line=line)
         else:
-            manifests[name] = fn(configs[name], str(run_dir))
+            manifests[name] = registry.call(name, configs[name], run_dir, pool=pool)
         timings[name] = round(time.perf_counter() - t0, 1)
         if on_stage:
             on_stage(name, f"done in {timings[name]} s")

@@ -1,10 +1,12 @@
-"""The ``cai`` command: one module per command group."""
+"""The ``cai`` command: a command per registered stage (generated from its config), plus constitution, score,
+report and pipeline."""
 
 from __future__ import annotations
 
 import os
 
 import typer
+from typer.core import TyperGroup
 
 from cai import __version__
 from cai.cli import common
@@ -12,8 +14,26 @@ from cai.cli import common
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
+
+class CaiGroup(TyperGroup):
+    """The top-level group: the stage commands come from :mod:`cai.registry` and are listed in pipeline order."""
+
+    def __init__(self, **attrs):
+        super().__init__(**attrs)
+        from cai.cli import eval_cmd, stage_cmd
+
+        stage_cmd.register(self.commands, {"eval": (eval_cmd.PARAMS, eval_cmd.intercept)})
+
+    def list_commands(self, ctx) -> list[str]:
+        from cai import registry
+
+        stages = [s.name for s in registry.STAGES if s.name in self.commands]
+        return stages + sorted(n for n in self.commands if n not in stages)
+
+
 app = typer.Typer(
     name="cai",
+    cls=CaiGroup,
     help="Constitutional AI end to end: red-team prompts, SL-CAI critique-revision, RLAIF, evaluation.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -37,24 +57,10 @@ def main(
 
 
 def _register() -> None:
-    # One module per command group, in pipeline order.
-    from cai.cli import (
-        constitution_cmd,
-        eval_cmd,
-        pipeline_cmd,
-        report_cmd,
-        revise_cmd,
-        rl_cmd,
-        rlaif_cmd,
-        train_cmd,
-    )
+    from cai.cli import constitution_cmd, pipeline_cmd, report_cmd, score_cmd
 
     app.add_typer(constitution_cmd.app, name="constitution")
-    revise_cmd.register(app)
-    train_cmd.register(app)
-    rlaif_cmd.register(app)
-    rl_cmd.register(app)
-    eval_cmd.register(app)
+    score_cmd.register(app)
     report_cmd.register(app)
     pipeline_cmd.register(app)
 

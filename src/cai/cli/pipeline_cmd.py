@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
-from cai.cli.common import StageProgress, console, handle_errors, out
+from cai.cli.common import console, handle_errors, out
 
 
 def register(app: typer.Typer) -> None:
@@ -19,18 +19,22 @@ def register(app: typer.Typer) -> None:
         run: Optional[str] = typer.Option(None, "--run", help="Override the run name in the config"),
         runs_dir: Optional[str] = typer.Option(None, "--runs-dir", help="Override the runs folder"),
         stages: Optional[str] = typer.Option(None, "--stages", help="Comma-separated subset of stages to run"),
+        set_: Optional[list[str]] = typer.Option(
+            None, "--set", metavar="KEY=VALUE",
+            help="Any setting as KEY=VALUE, a stage's with its section (e.g. revise.rounds=2, "
+                 "label.labeler=openai:NAME@URL, base_model=fake); the value is read as YAML; repeatable"),
     ) -> None:
         """Run revise -> sft -> pairs -> label -> reward -> rl -> dpo -> eval; a rerun resumes where it stopped."""
-        from cai.pipeline import load_pipeline_config, run_pipeline
+        from cai import registry
+        from cai.pipeline import PipelineConfig, load_pipeline_config, run_pipeline
+        from cai.progress import ProgressLine, quiet_library_warnings
 
-        cfg = load_pipeline_config(config)
+        cfg = load_pipeline_config(config, set_)
         if run:
             cfg.run = run
         if runs_dir:
             cfg.runs_dir = runs_dir
         if stages:
-            from cai.pipeline import PipelineConfig
-
             cfg = PipelineConfig.model_validate({**cfg.model_dump(), "stages": [s.strip() for s in stages.split(",")]})
 
         def on_stage(name: str, what: str) -> None:
@@ -39,13 +43,19 @@ def register(app: typer.Typer) -> None:
         run_dir = Path(cfg.runs_dir) / cfg.run
 
         def on_done(name: str, manifest: dict) -> None:
-            if name == "revise":
-                from cai.cli.revise_cmd import print_summary
+            rec = registry.get(name)
+            summary = rec.summary_function()
+            if rec.summary_in_pipeline and summary is not None:
+                summary(run_dir / name, manifest)
 
-                print_summary(run_dir / "revise", manifest)
-
-        manifests = run_pipeline(cfg, on_stage=on_stage, on_done=on_done, progress_factory=StageProgress)
+        quiet_library_warnings()
+        manifests = run_pipeline(cfg, on_stage=on_stage, on_done=on_done, progress_factory=ProgressLine)
         print_pipeline_summary(Path(cfg.runs_dir) / cfg.run, manifests)
+
+
+def _value(x: Any) -> Any:
+    """A figure's value (rates may be stored as {value, k, n, ...}) or the plain number."""
+    return x.get("value") if isinstance(x, dict) and "value" in x else x
 
 
 def print_pipeline_summary(run_dir: Path, manifests: dict) -> None:
@@ -66,7 +76,7 @@ def print_pipeline_summary(run_dir: Path, manifests: dict) -> None:
         if s:
             out.print(
                 f"  labeler {lab.get('model', {}).get('model', '?')}: position consistency "
-                f"{s.get('position_consistency_rate')}, mean confidence {s.get('mean_confidence')}, "
+                f"{_value(s.get('position_consistency_rate'))}, mean confidence {_value(s.get('mean_confidence'))}, "
                 f"kept after confidence filter {s.get('kept_after_filter')}/{s.get('n')} "
                 f"(min_confidence {s.get('min_confidence')}), abstentions {s.get('abstentions')}"
             )

@@ -36,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from cai.backends.base import Backend, GenParams
 from cai.backends.registry import BackendPool
 from cai.backends.spec import ModelSpec
+from cai.config import parse_band
 from cai.constitution import load_constitution
 from cai.constitution.schema import Constitution, Principle
 from cai.data.readers import read_records
@@ -82,6 +83,8 @@ class LabelConfig(BaseModel):
     parse_tokens: int = Field(default=24, ge=1, description="Max new tokens of a written answer (backends without log-probabilities)")
     parse_retries: int = Field(default=2, ge=0, description="Extra attempts, with other seeds, when a written answer cannot be parsed")
     parse_temperature: float = Field(default=0.7, ge=0, description="Sampling temperature of the retries (the first attempt is greedy)")
+
+    _clamp_text = field_validator("clamp", mode="before")(parse_band)  # 'LO,HI' or none, as on the command line
 
     @field_validator("clamp")
     @classmethod
