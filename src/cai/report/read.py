@@ -10,12 +10,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+from cai import registry
 from cai.errors import UserInputError
 from cai.report.figures import fmt_fig, is_num, model_label, wilson_fig
 from cai.report.judges import judge_table
 
-STAGES = ("revise", "pairs", "label", "sft", "reward", "dpo", "rl", "eval")
-TRAIN_STAGES = ("sft", "reward", "dpo", "rl")
+STAGES, TRAIN_STAGES = registry.PIPELINE_STAGES, registry.TRAINING_STAGES  # the order of the report's sections
 DEFAULT_MAX_TRACES = 300
 
 # stage -> (metrics.jsonl key, chart title, is a share in [0, 1])
