@@ -106,7 +106,8 @@ def _sha(data: bytes) -> str:
 
 
 def _describe_checksum(data: bytes) -> dict:
-    return {"rows": data.count(b"\n"), "bytes": len(data), "sha256": _sha(data)}
+    rows = data.count(b"\n") + (1 if data and not data.endswith(b"\n") else 0)
+    return {"rows": rows, "bytes": len(data), "sha256": _sha(data)}
 
 
 def run_dir_for(runs_dir: str | Path, run: str) -> Path:
@@ -251,7 +252,7 @@ class StageDir:
             return "resume"
         bad = self._damaged_outputs(self.manifest())
         if bad:
-            self._note(f"{self.path}: {bad} no longer match(es) the checksum recorded when the stage finished "
+            self._note(f"{self.path}: output {bad} no longer matches the checksum recorded when the stage finished "
                        "(cut short or edited); rebuilding the stage's outputs.")
             self.manifest_path.unlink()
             return "resume"
