@@ -79,41 +79,5 @@ def test_elo_chain_and_prior():
     assert st.elo([]) == {}
 
 
-def test_ngram_repeat_share():
-    # "a b c a b c": 3-grams abc, bca, cab, abc -> the most common takes 2 of 4
-    assert st.ngram_repeat_share(["a b c a b c"], n=3) == 0.5
-    assert st.ngram_repeat_share(["one two"], n=3) == 0.0
-    assert st.ngram_repeat_share([], n=3) == 0.0
-    varied = ["the cat sat on the mat", "dogs bark at night", "rain fell all day long"]
-    assert st.ngram_repeat_share(varied, n=3) == pytest.approx(1 / 9)  # 4 + 2 + 3 distinct 3-grams
-    boiler = ["I am sorry but I cannot help"] * 10
-    assert st.ngram_repeat_share(boiler, n=3) == pytest.approx(1 / 5)  # 7 words: 5 distinct 3-grams, each 10 times
-    assert st.top_ngram(["x y z x y z"], n=3) == ("x y z", 2, 4)
-    assert st.top_ngram([], n=3) is None
-
-
-def test_lengths():
-    assert st.mean_length_words(["a b c", "d"]) == 2.0
-    assert st.words("  one  two ") == 2
+def test_mean_of_nothing_is_nan():
     assert math.isnan(st.mean([]))
-
-
-def test_ngram_repeat_share_ci_matches_generic_bootstrap():
-    texts = ["the cat sat on the mat", "I am sorry but I cannot help", "I am sorry but no", "rain fell all day long"] * 3
-    fast = st.ngram_repeat_share_ci(texts, n=3, n_boot=400, seed=3)
-    slow = st.bootstrap_ci(texts, fn=lambda xs: st.ngram_repeat_share(xs, 3), n=400, seed=3)
-    point = st.ngram_repeat_share(texts, 3)
-    assert fast[0] <= point <= fast[1] and slow[0] <= point <= slow[1]
-    # different random streams, same distribution: the intervals agree closely
-    assert abs(fast[0] - slow[0]) < 0.03 and abs(fast[1] - slow[1]) < 0.03
-    assert st.ngram_repeat_share_ci([], 3) is None
-    assert st.ngram_repeat_share_ci(["a b c a b c"], 3) == (0.5, 0.5)
-    assert st.ngram_repeat_share_ci(["same words here"] * 5, 3) == (1.0, 1.0)
-
-
-def test_ngrams_ignore_punctuation_and_markup():
-    assert st.tokens("**Step 1.** Don't panic!") == ["step", "1", "don't", "panic"]
-    # markdown bullets repeated across answers are not a repeated phrase
-    texts = [f"* **{w}** item number {i}" for i, w in enumerate(["alpha", "beta", "gamma", "delta"])]
-    assert st.top_ngram(texts, 3)[0] != "* * *"
-    assert st.top_ngram(["I'm sorry, but no. I'm sorry, but no."], 3) == ("i'm sorry but", 2, 6)  # 8 words, 6 3-grams

@@ -33,12 +33,16 @@ class RecordingFake(FakeBackend):
 
     def __init__(self, **kw):
         super().__init__(**kw)
-        self.params = []
+        if not hasattr(self, "params"):
+            self.params = []
         self.scored = []
 
     def generate(self, conversations, params):
-        self.params.append(params)
-        return super().generate(conversations, params)
+        n = len(self.params)
+        out = super().generate(conversations, params)
+        if len(self.params) == n:  # the base class does not record parameters itself
+            self.params.append(params)
+        return out
 
     def option_logprobs(self, conversations, options):
         self.scored.append(conversations)

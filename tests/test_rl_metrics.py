@@ -12,15 +12,7 @@ import pytest
 
 from cai.backends.fake import FakeBackend
 from cai.backends.registry import BackendPool
-from cai.train.rl_metrics import (
-    RewardModelReward,
-    completion_metrics,
-    distinct_ngram_ratio,
-    length_stats,
-    refusal_rate,
-    repeat_ngram_share,
-    top_ngram,
-)
+from cai.train.rl_metrics import RewardModelReward, completion_metrics, refusal_rate
 
 VARIED = [
     "Boil the eggs for nine minutes, then cool them in cold water.",
@@ -29,38 +21,6 @@ VARIED = [
     "To reverse a list in Python, call reversed() or slice it with [::-1].",
 ]
 BOILERPLATE = "I'm sorry, but I can't help with that request."
-
-
-# --- repetition -----------------------------------------------------------------------------------------------------
-def test_repeat_share_identical_texts_is_one():
-    assert repeat_ngram_share([BOILERPLATE] * 5) == 1.0
-
-
-def test_repeat_share_varied_texts_is_one_over_n():
-    assert repeat_ngram_share(VARIED) == pytest.approx(1 / len(VARIED))
-
-
-def test_repeat_share_counts_answers_not_occurrences():
-    # the boilerplate appears in 3 of 4 answers, one of them twice: share 3/4
-    texts = [BOILERPLATE + " " + VARIED[0], BOILERPLATE + " " + BOILERPLATE, BOILERPLATE + " Try a library.", VARIED[1]]
-    assert repeat_ngram_share(texts) == pytest.approx(0.75)
-    gram, count = top_ngram(texts)
-    assert count == 3 and gram is not None and " ".join(gram) in BOILERPLATE.lower().replace(",", "").replace(".", "")
-
-
-def test_repeat_share_edge_cases():
-    assert repeat_ngram_share([]) == 0.0
-    assert repeat_ngram_share(["ok", "", "no way"]) == 0.0  # no answer has a 3-gram
-    assert repeat_ngram_share(["The cat sat down.", "the CAT sat, quietly"]) == 1.0  # case and punctuation ignored
-
-
-def test_distinct_ngram_ratio():
-    assert distinct_ngram_ratio(VARIED) == 1.0
-    assert distinct_ngram_ratio([BOILERPLATE] * 4) == pytest.approx(0.25)
-    # an answer looping on itself: "go on go on go on ..." has only 2 distinct 3-grams
-    loop = " ".join(["go", "on"] * 10)
-    assert distinct_ngram_ratio([loop]) == pytest.approx(2 / 18)
-    assert distinct_ngram_ratio(["", "hi"]) == 1.0
 
 
 # --- refusals and length --------------------------------------------------------------------------------------------
@@ -75,14 +35,6 @@ def test_refusal_rate_known_answers():
     assert refusal_rate(prompts, answers) == pytest.approx(0.5)
     assert refusal_rate([], []) == 0.0
     assert refusal_rate(prompts[:1], answers[3:]) == 0.0
-
-
-def test_length_stats():
-    s = length_stats(["one two three", "", "four five"])
-    assert s["answer_words"] == pytest.approx(5 / 3)
-    assert s["answer_chars"] == pytest.approx((13 + 0 + 9) / 3)
-    assert s["empty_rate"] == pytest.approx(1 / 3)
-    assert length_stats([]) == {"answer_words": 0.0, "answer_chars": 0.0, "empty_rate": 0.0}
 
 
 def test_completion_metrics_flags_boilerplate_goodharting():

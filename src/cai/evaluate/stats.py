@@ -1,17 +1,13 @@
 """Statistics for evaluation figures: Wilson intervals for rates, bootstrap intervals for anything else, Elo ratings
-from pairwise comparisons (a Bradley-Terry fit, as used for the Elo scores of the Constitutional AI paper), and an
-n-gram repetition share that flags boilerplate a policy may have learned to repeat to please a reward model.
+from pairwise comparisons (a Bradley-Terry fit, as used for the Elo scores of the Constitutional AI paper). Text
+measurements (lengths, repetition) are in :mod:`cai.textmetrics`.
 """
 
 from __future__ import annotations
 
 import math
 import random
-import re
-from collections import Counter
 from typing import Callable, Iterable, Sequence
-
-_TOKEN = re.compile(r"\w+(?:['’]\w+)*")
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -116,79 +112,3 @@ def elo(
     ratings = {m: scale * math.log10(p[m]) for m in models}
     shift = ratings[anchor] if anchor is not None else sum(ratings.values()) / len(ratings)
     return {m: r - shift for m, r in ratings.items()}
-
-
-def tokens(text: str) -> list[str]:
-    """Lower-cased words (punctuation and markup are dropped, so n-grams are phrases, not formatting)."""
-    return _TOKEN.findall(text.lower())
-
-
-def words(text: str) -> int:
-    return len(text.split())
-
-
-def ngram_counts(texts: Iterable[str], n: int = 3) -> Counter:
-    c: Counter = Counter()
-    for t in texts:
-        toks = tokens(t)
-        for i in range(len(toks) - n + 1):
-            c[tuple(toks[i : i + n])] += 1
-    return c
-
-
-def ngram_repeat_share(texts: Iterable[str], n: int = 3) -> float:
-    """Share of all word n-grams (pooled over ``texts``) taken by the single most frequent one.
-
-    Near 0 for varied text; high when answers repeat the same boilerplate ("I'm sorry, but ...") or loop.
-    Returns 0 when there are no n-grams.
-    """
-    c = ngram_counts(texts, n)
-    total = sum(c.values())
-    if total == 0:
-        return 0.0
-    return c.most_common(1)[0][1] / total
-
-
-def top_ngram(texts: Iterable[str], n: int = 3) -> tuple[str, int, int] | None:
-    """The most frequent n-gram as text, its count and the total number of n-grams (``None`` if there are none)."""
-    c = ngram_counts(texts, n)
-    if not c:
-        return None
-    gram, k = c.most_common(1)[0]
-    return " ".join(gram), k, sum(c.values())
-
-
-def mean_length_words(texts: Sequence[str]) -> float:
-    """Mean answer length in whitespace-separated words."""
-    return mean([words(t) for t in texts])
-
-
-def ngram_repeat_share_ci(
-    texts: Sequence[str], n: int = 3, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05
-) -> tuple[float, float] | None:
-    """Bootstrap interval (resampling texts) of :func:`ngram_repeat_share`, vectorised: each text becomes an array of
-    n-gram ids once, and every resample is one ``bincount``. Same percentile method as :func:`bootstrap_ci`."""
-    import numpy as np
-
-    if not texts:
-        return None
-    ids: dict[tuple[str, ...], int] = {}
-    arrays = []
-    for t in texts:
-        toks = tokens(t)
-        arrays.append(np.array([ids.setdefault(tuple(toks[i : i + n]), len(ids)) for i in range(len(toks) - n + 1)],
-                               dtype=np.int64))
-    if len(texts) == 1:
-        v = ngram_repeat_share(texts, n)
-        return (v, v)
-    rng = np.random.default_rng(seed)
-    m = len(arrays)
-    vals = np.empty(n_boot)
-    for b in range(n_boot):
-        pick = rng.integers(0, m, size=m)
-        joined = np.concatenate([arrays[i] for i in pick])
-        vals[b] = np.bincount(joined).max() / joined.size if joined.size else 0.0
-    vals.sort()
-    lo_i = max(0, min(n_boot - 1, int(math.floor(alpha / 2 * n_boot))))
-    hi_i = max(0, min(n_boot - 1, int(math.ceil((1 - alpha / 2) * n_boot)) - 1))
-    return (float(vals[lo_i]), float(vals[hi_i]))

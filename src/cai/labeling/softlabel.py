@@ -52,6 +52,15 @@ def is_consistent(p_first_order1: float, p_first_order2: float) -> bool:
     return (p_first_order1 - 0.5) * (p_first_order2 - 0.5) > 0
 
 
+def both_orders(p_a_order1: float | None, p_a_order2: float | None) -> tuple[float, float, float, bool] | None:
+    """One comparison read from both orders: (p_first order 1, p_first order 2, combined p, consistent);
+    ``None`` when either order abstained."""
+    if p_a_order1 is None or p_a_order2 is None:
+        return None
+    f1, f2 = first_better(p_a_order1, p_a_order2)
+    return f1, f2, combine_orders(p_a_order1, p_a_order2), is_consistent(f1, f2)
+
+
 def position_gap(p_first_order1: float, p_first_order2: float) -> float:
     """|p_order1 - p_order2|: 0 for a labeler that ignores position, 1 for one that only reads position."""
     return abs(p_first_order1 - p_first_order2)

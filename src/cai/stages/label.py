@@ -43,7 +43,8 @@ from cai.data.readers import read_records
 from cai.errors import ConfigError, UserInputError
 from cai.labeling import prompts as P
 from cai.labeling import softlabel as S
-from cai.labeling.parse import parse_choice
+from cai.labeling.mc import score_choices
+from cai.manifests import Figure, accounting_from_stats
 from cai.runs import StageDir
 from cai.progress import Progress
 
@@ -217,35 +218,19 @@ def label_shard(
         reasoning_finish = [g.finish_reason for g in gens]
         tokens += sum(g.completion_tokens for g in gens)
 
-    scores = labeler.option_logprobs(
+    batch = score_choices(
+        labeler,
         [P.scoring_conversation(it["prompt"], it["q"], it["A"], it["B"], reasoning[k]) for k, it in enumerate(items)],
-        [list(P.OPTIONS) for _ in items],
+        lambda k: P.answer_conversation(items[k]["prompt"], items[k]["q"], items[k]["A"], items[k]["B"], reasoning[k]),
+        parse_tokens=cfg.parse_tokens,
+        retries=cfg.parse_retries,
+        retry_temperature=cfg.parse_temperature,
+        seed=lambda attempt: _gen_seed(cfg, shard_index, 10 + attempt),
     )
-    p_a: list[float | None] = [S.normalize(s[0], s[1]) for s in scores]
-    method: list[str | None] = ["logprob" if p is not None else None for p in p_a]
-    answers: list[list[str]] = [[] for _ in items]
-
-    # Backends without log-probabilities: write the answer, parse the letter, retry with other seeds.
-    todo = [k for k, p in enumerate(p_a) if p is None]
-    for attempt in range(cfg.parse_retries + 1):
-        if not todo:
-            break
-        temp = 0.0 if attempt == 0 else cfg.parse_temperature
-        gens = labeler.generate(
-            [P.answer_conversation(items[k]["prompt"], items[k]["q"], items[k]["A"], items[k]["B"], reasoning[k]) for k in todo],
-            GenParams(max_new_tokens=cfg.parse_tokens, temperature=temp, seed=_gen_seed(cfg, shard_index, 10 + attempt)),
-        )
-        tokens += sum(g.completion_tokens for g in gens)
-        left = []
-        for k, g in zip(todo, gens):
-            answers[k].append(g.text)
-            letter = parse_choice(g.text)
-            if letter is None:
-                left.append(k)
-            else:
-                p_a[k] = S.letter_probability(letter)
-                method[k] = "parsed"
-        todo = left
+    tokens += batch.completion_tokens
+    p_a = [c.p_a for c in batch.choices]
+    method = [c.method for c in batch.choices]
+    answers = [c.answers for c in batch.choices]
 
     index = {(it["ci"], it["pi"], it["order"]): k for k, it in enumerate(items)}
     rows = []
@@ -259,9 +244,10 @@ def label_shard(
                 "p_a_order2": p_a[k2],
                 "method": [method[k1], method[k2]],
             }
-            if p_a[k1] is not None and p_a[k2] is not None:
-                f1, f2 = S.first_better(p_a[k1], p_a[k2])
-                j.update(p_order1=f1, p_order2=f2, p=S.combine_orders(p_a[k1], p_a[k2]), consistent=S.is_consistent(f1, f2), abstained=False)
+            both = S.both_orders(p_a[k1], p_a[k2])
+            if both is not None:
+                f1, f2, p_first, consistent = both
+                j.update(p_order1=f1, p_order2=f2, p=p_first, consistent=consistent, abstained=False)
             else:
                 j.update(p_order1=None, p_order2=None, p=None, consistent=None, abstained=True)
             if answers[k1] or answers[k2]:
@@ -340,8 +326,11 @@ def preference_view(rows: list[dict]) -> list[dict]:
     return out
 
 
-def label_statistics(rows: list[dict], cfg: LabelConfig, skipped_identical: int = 0) -> dict:
-    """The numbers that say whether the labels carry signal, plus plain-text warnings when they do not."""
+def label_statistics(rows: list[dict], cfg: LabelConfig, skipped_identical: int = 0, judge: str | None = None) -> dict:
+    """The numbers that say whether the labels carry signal, plus plain-text warnings when they do not.
+
+    ``judge`` names the labeler in the figures (``labeler:<model>``).
+    """
     labeled = [r for r in rows if not r["abstained"]]
     n, n_lab = len(rows), len(labeled)
     orders = [p for r in labeled for j in r["judgments"] if not j["abstained"] for p in (j["p_a_order1"], j["p_a_order2"])]
@@ -366,6 +355,12 @@ def label_statistics(rows: list[dict], cfg: LabelConfig, skipped_identical: int 
         "share_preferring_position_a": round(sum(p > 0.5 for p in orders) / len(orders), 4) if orders else None,
         "mean_p_a": round(sum(r["p_a"] for r in labeled) / n_lab, 4) if n_lab else None,
         "share_choosing_first_answer": round(sum(r["chosen"] == "a" for r in labeled) / n_lab, 4) if n_lab else None,
+        # the same rates as figures (k of n with a Wilson 95% interval); the plain numbers above are kept for readers
+        # of the first manifest format
+        "position_consistency": Figure.rate(sum(bool(r["consistent"]) for r in labeled), n_lab, judge).as_dict(),
+        "kept": Figure.rate(sum(r["kept"] for r in rows), n, judge).as_dict(),
+        "preferring_position_a": Figure.rate(sum(p > 0.5 for p in orders), len(orders), judge).as_dict(),
+        "choosing_first_answer": Figure.rate(sum(r["chosen"] == "a" for r in labeled), n_lab, judge).as_dict(),
     }
     if cfg.mode == "cot":
         stats["clamp"] = list(cfg.clamp) if cfg.clamp else None
@@ -441,7 +436,7 @@ def run_label(
     rows = stage.read_shards(len(shards))
     stage.write_output("labels.jsonl", rows)
     stage.write_output("preference.jsonl", preference_view(rows))
-    stats = label_statistics(rows, cfg, skipped)
+    stats = label_statistics(rows, cfg, skipped, judge=f"labeler:{cfg.labeler.label()}")
     done_now = len(rows) - already
     manifest = {
         "constitution": {"name": const.name, "version": const.version, "hash": const.content_hash()},
@@ -451,6 +446,7 @@ def run_label(
         "labels": stats,
         "warnings": stats["warnings"],
         "tokens": {"generated_this_session": prog.tokens, "backend_stats": labeler.stats.as_dict()},
+        "accounting": {"labeler": accounting_from_stats(labeler.stats).model_dump(mode="json", exclude_none=True)},
         "timing": {
             "seconds_this_session": round(elapsed, 2),
             "rows_this_session": done_now,

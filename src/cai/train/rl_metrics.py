@@ -3,12 +3,14 @@
 * :func:`refusal_rate` - share of answers that refuse (the shared lexicon classifier
   :func:`cai.evaluate.refusal.classify_refusal`; a small keyword detector only where that module is unavailable).
   A policy trained on a harmlessness reward model drifts toward refusing everything; this is the number that shows it.
-* :func:`repeat_ngram_share` - the share of the step's answers that contain the step's most common word 3-gram. When
-  the policy finds one boilerplate phrase the reward model likes ("I'm sorry, but I can't ...") and pastes it into
-  every answer, this climbs toward 1.0; for varied answers it stays near ``1 / number of answers``.
-* :func:`distinct_ngram_ratio` - distinct 3-grams / all 3-grams over the step's answers (1.0 = nothing repeats;
-  falls both when answers copy each other and when an answer loops on itself).
-* :func:`length_stats` - mean words and characters of the answers (length is the other classic reward hack).
+* ``repeat_3gram_share`` (:func:`cai.textmetrics.answers_with_top_ngram`) - the share of the step's answers that
+  contain the step's most widespread word 3-gram. When the policy finds one boilerplate phrase the reward model likes
+  ("I'm sorry, but I can't ...") and pastes it into every answer, this climbs toward 1.0; for varied answers it stays
+  near ``1 / number of answers``.
+* ``distinct_3gram_ratio`` (:func:`cai.textmetrics.distinct_ngram_ratio`) - distinct 3-grams / all 3-grams over the
+  step's answers (1.0 = nothing repeats; falls both when answers copy each other and when an answer loops on itself).
+* ``answer_words``, ``answer_chars``, ``empty_rate`` (:func:`cai.textmetrics.length_stats`) - length is the other
+  classic reward hack.
 
 :class:`RewardModelReward` wraps a :class:`~cai.stages.reward.RewardScorer` as a TRL reward function
 (``f(prompts, completions, **kw) -> list[float]``). Each call scores the completions, hands the metrics above to the
@@ -22,26 +24,16 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-_WORD = re.compile(r"[A-Za-z0-9']+")
+from cai.textmetrics import answers_with_top_ngram, distinct_ngram_ratio, length_stats, most_widespread_ngram
 
 METRIC_KEYS = ("refusal_rate", "repeat_3gram_share", "distinct_3gram_ratio", "answer_words", "answer_chars", "empty_rate")
 """Names under which :class:`RewardModelReward` logs its metrics (TRL adds ``reward``, ``kl``, ``completions/*``)."""
 
 
-# --- text helpers ---------------------------------------------------------------------------------------------------
-def words(text: str) -> list[str]:
-    """Lower-cased word tokens (letters, digits, apostrophes)."""
-    return [w.lower() for w in _WORD.findall(text or "")]
-
-
-def ngrams(tokens: Sequence[str], n: int = 3) -> list[tuple[str, ...]]:
-    return [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
-
-
+# --- prompts and completions as TRL hands them over ------------------------------------------------------------
 def as_text(x: Any) -> str:
     """A completion or prompt as plain text: a string, or the last message's content of a TRL conversation."""
     if isinstance(x, str):
@@ -69,48 +61,6 @@ def user_text(prompt: Any) -> str:
 
 
 # --- metrics --------------------------------------------------------------------------------------------------------
-def top_ngram(texts: Sequence[str], n: int = 3) -> tuple[tuple[str, ...] | None, int]:
-    """The n-gram found in the most answers (ties: the first in order of appearance) and in how many answers."""
-    df: Counter = Counter()
-    for t in texts:
-        df.update(dict.fromkeys(ngrams(words(t), n), 1))  # each n-gram once per answer, insertion-ordered
-    if not df:
-        return None, 0
-    gram, count = df.most_common(1)[0]
-    return gram, count
-
-
-def repeat_ngram_share(texts: Sequence[str], n: int = 3) -> float:
-    """Share of answers containing the most widespread n-gram (0.0 for no answers or no n-grams at all).
-
-    Identical answers give 1.0; answers that share no phrase give ``1 / len(texts)``.
-    """
-    if not texts:
-        return 0.0
-    _, count = top_ngram(texts, n)
-    return count / len(texts)
-
-
-def distinct_ngram_ratio(texts: Sequence[str], n: int = 3) -> float:
-    """Distinct n-grams / all n-grams over the answers (1.0 when none repeats, also when there are none)."""
-    allg = [g for t in texts for g in ngrams(words(t), n)]
-    if not allg:
-        return 1.0
-    return len(set(allg)) / len(allg)
-
-
-def length_stats(texts: Sequence[str]) -> dict[str, float]:
-    """Mean words and characters per answer, and the share of empty answers."""
-    if not texts:
-        return {"answer_words": 0.0, "answer_chars": 0.0, "empty_rate": 0.0}
-    n = len(texts)
-    return {
-        "answer_words": sum(len(words(t)) for t in texts) / n,
-        "answer_chars": sum(len(t.strip()) for t in texts) / n,
-        "empty_rate": sum(not t.strip() for t in texts) / n,
-    }
-
-
 _FALLBACK_REFUSAL = re.compile(
     r"\b(?:i|we)\s*(?:can(?:'|’)?t|cannot|won(?:'|’)?t|will not|am unable to|'m unable to|am not able to|'m not able to)"
     r"\s+(?:help|assist|provide|do|share|give|write)\b|\b(?:i|we) (?:must|have to) (?:decline|refuse)\b"
@@ -152,7 +102,7 @@ def completion_metrics(prompts: Sequence[str], texts: Sequence[str], *, refused:
         refused = refusals(prompts, texts)
     return {
         "refusal_rate": (sum(refused) / len(refused)) if refused else 0.0,
-        "repeat_3gram_share": repeat_ngram_share(texts, 3),
+        "repeat_3gram_share": answers_with_top_ngram(texts, 3),
         "distinct_3gram_ratio": distinct_ngram_ratio(texts, 3),
         **length_stats(texts),
     }
@@ -184,7 +134,7 @@ class RewardModelReward:
         users = [user_text(p) for p in prompts]
         refused = refusals(users, texts)
         metrics = completion_metrics(users, texts, refused=refused)
-        gram, _ = top_ngram(texts, 3)
+        gram, _ = most_widespread_ngram(texts, 3)
         # the optimizer step these completions feed (the trainer has finished ``global_step`` steps so far)
         step = int(getattr(trainer_state, "global_step", self.calls) or 0) + 1
         self.calls += 1

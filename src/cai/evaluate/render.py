@@ -1,0 +1,84 @@
+"""``eval/summary.md``: the evaluation figures as Markdown tables, each with its 95% interval and n."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cai.evaluate.config import EvalConfig
+
+
+def _fmt(f: dict | None, pct: bool = True, digits: int = 1) -> str:
+    if not f or f.get("value") is None:
+        return "-"
+    v, ci = f["value"], f.get("ci95")
+    if pct:
+        s = f"{100 * v:.{digits}f}%"
+        if ci:
+            s += f" [{100 * ci[0]:.{digits}f}, {100 * ci[1]:.{digits}f}]"
+    else:
+        s = f"{v:.{digits}f}"
+        if ci:
+            s += f" [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
+    return s + f" n={f['n']}"
+
+
+def render_summary(metrics: dict, cfg: EvalConfig) -> str:
+    models = metrics["models"]
+    lines = ["# Evaluation summary", "",
+             f"Refusal judge: `{metrics['judge']}`. Baseline for win rates and Elo: `{metrics['baseline']}`. "
+             "Intervals are 95% (Wilson for rates, bootstrap for means and Elo).", ""]
+    head = ["model", "harmful compliance", "over-refusal (benign)", "over-refusal (benign-risky)", "mean length (tokens)",
+            f"{cfg.ngram}-gram repeat share"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for m, mm in models.items():
+        lines.append("| " + " | ".join([
+            m, _fmt(mm.get("harmful_compliance")), _fmt(mm.get("over_refusal_benign")),
+            _fmt(mm.get("over_refusal_benign_risky")), _fmt(mm.get("mean_length_tokens"), pct=False),
+            _fmt(mm.get("ngram_repeat_share"), pct=True),
+        ]) + " |")
+    lines.append("")
+    if metrics.get("elo"):
+        lines += ["## Pairwise (both orders)", ""]
+        head = ["model"] + [f"win rate {a} vs {metrics['baseline']}" for a in metrics["elo"]] + [f"Elo {a}" for a in metrics["elo"]]
+        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for m, mm in models.items():
+            cells = [m] + [_fmt(mm.get(f"win_rate_{a}")) if m != metrics["baseline"] else "baseline" for a in metrics["elo"]]
+            cells += [_fmt(metrics["elo"][a].get(m), pct=False) for a in metrics["elo"]]
+            lines.append("| " + " | ".join(cells) + " |")
+        for a, e in metrics["elo"].items():
+            c = e.get("_judge_position_consistency", {})
+            lines.append(f"\n{a}: judge `{c.get('judge')}`; both orders agree on {_fmt(c)} of comparisons; "
+                         f"{e.get('_abstained', 0)} abstained.")
+        lines.append("")
+    cats = sorted({c for mm in models.values() for c in mm.get("harmful_compliance_by_category", {})})
+    if cats:
+        lines += ["## Harmful compliance by category", "", "| category | " + " | ".join(models) + " |", "|" + "---|" * (len(models) + 1)]
+        for c in cats:
+            lines.append(f"| {c} | " + " | ".join(_fmt(mm.get("harmful_compliance_by_category", {}).get(c), digits=0) for mm in models.values()) + " |")
+        lines.append("")
+    benches = sorted({b for mm in models.values() for b in mm.get("benchmarks", {})})
+    if benches:
+        lines += ["## Benchmarks", "", "| benchmark | model | harmful compliance | over-refusal |", "|---|---|---|---|"]
+        for b in benches:
+            for m, mm in models.items():
+                bb = mm.get("benchmarks", {}).get(b, {})
+                lines.append(f"| {b} | {m} | {_fmt(bb.get('harmful_compliance'))} | {_fmt(bb.get('over_refusal'))} |")
+        lines.append("")
+    rm = metrics.get("reward_model")
+    if rm:
+        lines += ["## Reward model", "", f"Accuracy on {rm['pairs_file']}: {_fmt(rm['accuracy'])} (ties {rm['ties']}).", ""]
+        for m, f in rm["mean_reward_of_answers"].items():
+            lines.append(f"- mean reward of {m}'s answers: {_fmt(f, pct=False, digits=3)}")
+        lines.append("")
+    for m, mm in models.items():
+        top = mm.get("ngram_repeat_share", {}).get("top")
+        if top:
+            lines.append(f"- {m}: most repeated {cfg.ngram}-gram \"{top['ngram']}\" ({top['count']} of {top['total']}); "
+                         f"truncated answers {_fmt(mm['truncated'])}; empty/degenerate {_fmt(mm['empty_or_degenerate'])}")
+    lines += ["", "The local classifier's measured precision and recall are in docs/judges.md "
+              "(`cai eval --measure-judge` recomputes them).", ""]
+    return "\n".join(lines)
+
+
+def summary_path(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "eval" / "summary.md"
