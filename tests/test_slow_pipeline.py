@@ -31,7 +31,9 @@ def test_demo_pipeline_end_to_end(tmp_path):
     metrics = json.loads((run / "eval" / "metrics.json").read_text())
     assert set(metrics["models"]) == {"base", "sl-cai", "rl-cai"}
     label = json.loads((run / "label" / "manifest.json").read_text())
-    assert 0.0 <= label["labels"]["position_consistency_rate"] <= 1.0
+    consistency = label["labels"].get("position_consistency") or label["labels"].get("position_consistency_rate")
+    consistency = consistency["value"] if isinstance(consistency, dict) else consistency  # a figure, or a number
+    assert 0.0 <= consistency <= 1.0
     assert "Evaluation summary" in r.stdout
     rep = subprocess.run([CAI, "report", str(run)], capture_output=True, text=True, env=env, timeout=300)
     assert rep.returncode == 0 and (run / "report" / "report.html").exists()

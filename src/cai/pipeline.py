@@ -1,8 +1,8 @@
 """``cai pipeline CONFIG``: every stage in order from one YAML config, each into its own folder of the run.
 
 The stages and their order come from :mod:`cai.registry`: revise (SL-CAI data) -> sft (SL-CAI model) -> pairs ->
-label (AI preferences) -> reward -> rl (RL-CAI model) -> dpo -> eval. ``stages:`` picks which run; ``reuse:`` takes a finished stage folder from an earlier run instead of
-running it. Each stage resumes itself (finished shards and trainer checkpoints are kept), and a finished stage (its
+label (AI preferences) -> reward -> rl (RL-CAI model) -> dpo -> eval. ``stages:`` picks which run; ``reuse:`` takes
+a finished stage folder from an earlier run instead of running it. Each stage resumes itself (finished shards and trainer checkpoints are kept), and a finished stage (its
 manifest exists) is skipped, so rerunning a killed pipeline continues at the stage and row where it stopped.
 
 Wiring (the inputs of each stage's record, see :func:`cai.registry.wire`): a stage left at its defaults reads the

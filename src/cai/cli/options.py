@@ -83,7 +83,8 @@ def flags_for(cls: type[BaseModel], extra_aliases: dict[str, tuple[str, ...]] | 
         metavar = None
         if t is bool:
             kind, ann, decls = "bool", Optional[bool], (f"{dashed}/--no-{name.replace('_', '-')}",)
-        elif t in (int, float, str) or (typing.get_origin(t) is Literal and all(isinstance(a, str) for a in typing.get_args(t))):
+        elif t in (int, float, str) or (typing.get_origin(t) is Literal
+                                        and all(isinstance(a, str) for a in typing.get_args(t))):
             kind, ann, decls = "scalar", Optional[t], (dashed, *aliases)
         elif _is_model(t):
             kind, ann, decls, metavar = "model", Optional[str], (dashed, *aliases), "MODEL"

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import typer
 
 from cai.cli.common import console, handle_errors, out
+from cai.cli.summaries import rate
 
 
 def register(app: typer.Typer) -> None:
@@ -53,11 +54,6 @@ def register(app: typer.Typer) -> None:
         print_pipeline_summary(Path(cfg.runs_dir) / cfg.run, manifests)
 
 
-def _value(x: Any) -> Any:
-    """A figure's value (rates may be stored as {value, k, n, ...}) or the plain number."""
-    return x.get("value") if isinstance(x, dict) and "value" in x else x
-
-
 def print_pipeline_summary(run_dir: Path, manifests: dict) -> None:
     out.print(f"\n[bold green]pipeline done[/]: {run_dir}")
     timing = {}
@@ -76,7 +72,7 @@ def print_pipeline_summary(run_dir: Path, manifests: dict) -> None:
         if s:
             out.print(
                 f"  labeler {lab.get('model', {}).get('model', '?')}: position consistency "
-                f"{_value(s.get('position_consistency_rate'))}, mean confidence {_value(s.get('mean_confidence'))}, "
+                f"{rate(s, 'position_consistency', 'position_consistency_rate')}, mean confidence {rate(s, 'mean_confidence')}, "
                 f"kept after confidence filter {s.get('kept_after_filter')}/{s.get('n')} "
                 f"(min_confidence {s.get('min_confidence')}), abstentions {s.get('abstentions')}"
             )

@@ -15,6 +15,16 @@ def _fmt(v: Any, digits: int = 4) -> str:
     return f"{v:.{digits}f}" if isinstance(v, (int, float)) and not isinstance(v, bool) else "-"
 
 
+def rate(section: dict, *names: str) -> Any:
+    """The first of ``names`` present in ``section``, as a number: a figure ({value, k, n, ci95, ...}) gives its value
+    (manifests store rates as figures; older ones as plain numbers under other names)."""
+    for name in names:
+        v = section.get(name)
+        if v is not None:
+            return v.get("value") if isinstance(v, dict) else v
+    return None
+
+
 def revise(stage_dir: Path, m: dict, done_before: bool = False) -> None:
     c = m["counts"]
     t = m["timing"]
@@ -75,9 +85,10 @@ def label(stage_dir: Path, m: dict, done_before: bool = False) -> None:
         + (f", {s['skipped_identical']} identical pairs skipped" if s["skipped_identical"] else "")
     )
     out.print(
-        f"  position consistency {fmt(s['position_consistency_rate'])}, mean confidence {fmt(s['mean_confidence'], '.3f')}, "
+        f"  position consistency {fmt(rate(s, 'position_consistency', 'position_consistency_rate'))}, "
+        f"mean confidence {fmt(s['mean_confidence'], '.3f')}, "
         f"position bias {fmt(s['position_bias'], '.3f')}, share of per-order answers preferring (A) "
-        f"{fmt(s['share_preferring_position_a'])}"
+        f"{fmt(rate(s, 'preferring_position_a', 'share_preferring_position_a'))}"
     )
     out.print(f"  kept after filter (min_confidence {s['min_confidence']}): {s['kept_after_filter']}/{s['n']}")
     out.print(f"  confidence histogram (10 bins over 0..1): {s['confidence_histogram']}")
