@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from cai.cli.common import console, handle_errors, out
@@ -22,13 +23,13 @@ def validate(path: str = typer.Argument(..., help="Constitution YAML file")) -> 
     const, problems = validate_constitution_file(path)
     if problems:
         for p in problems:
-            console.print(f"[red]{p}[/]", highlight=False)
+            console.print(f"[red]{escape(str(p))}[/]", highlight=False)  # paths and values may hold "[/]"
         console.print(f"{len(problems)} problem(s). Fix them at the lines shown; `cai constitution schema` lists every field.")
         raise typer.Exit(2)
     assert const is not None
     cov = const.covered_categories()
     missing = [c for c, ids in cov.items() if not ids]
-    out.print(f"OK: {path}: '{const.name}' v{const.version}, {len(const.principles)} principles, "
+    out.print(f"OK: {escape(path)}: '{escape(const.name)}' v{escape(const.version)}, {len(const.principles)} principles, "
               f"{len(const.demonstrations)} shared demonstrations, hash {const.content_hash()}")
     if missing:
         out.print(f"note: no principle is tagged with harm categories: {', '.join(missing)}")
@@ -39,16 +40,16 @@ def validate(path: str = typer.Argument(..., help="Constitution YAML file")) -> 
 def show(path: str = typer.Argument("default", help="Constitution YAML file, or 'default'")) -> None:
     """Print a constitution readably."""
     const = load_constitution(path)
-    out.print(f"[bold]{const.name}[/] v{const.version} ({const.language})  hash {const.content_hash()}")
+    out.print(f"[bold]{escape(const.name)}[/] v{escape(const.version)} ({escape(const.language)})  hash {const.content_hash()}")
     if const.description:
-        out.print(const.description)
+        out.print(const.description, markup=False)
     t = Table(show_lines=True)
     t.add_column("id", style="bold")
     t.add_column("tags")
     t.add_column("critique request")
     t.add_column("preference question")
     for p in const.principles:
-        t.add_row(p.id, ", ".join(p.tags), p.critique_request, p.preference_question)
+        t.add_row(*(escape(x) for x in (p.id, ", ".join(p.tags), p.critique_request, p.preference_question)))
     out.print(t)
     cov = const.covered_categories()
     out.print("harm-taxonomy coverage: " + ", ".join(f"{HARM_CATEGORIES[c]}: {len(v)}" for c, v in cov.items()))
