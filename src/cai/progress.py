@@ -167,9 +167,9 @@ class ProgressLine:
             pass
 
     def _heartbeat(self) -> None:
-        """Plain-text mode: a line every ``interval`` seconds even while nothing advances."""
-        while not self._stop.wait(min(self.interval, 5.0)):
-            if time.perf_counter() - self._last_print >= self.interval:
+        """A line every ``interval`` seconds even while nothing advances (on a terminal: the clock ticks each second)."""
+        while not self._stop.wait(1.0 if self.tty else min(self.interval, 5.0)):
+            if self.tty or time.perf_counter() - self._last_print >= self.interval:
                 self._emit(force=True)
 
     # --- lifetime ---------------------------------------------------------------------------------------------
@@ -177,10 +177,9 @@ class ProgressLine:
         global _CURRENT
         self._previous, _CURRENT = _CURRENT, self
         self.t0 = self.t_ready = time.perf_counter()
-        if not self.tty:
-            self._last_print = time.perf_counter()
-            self._thread = threading.Thread(target=self._heartbeat, name=f"progress-{self.stage}", daemon=True)
-            self._thread.start()
+        self._last_print = time.perf_counter()
+        self._thread = threading.Thread(target=self._heartbeat, name=f"progress-{self.stage}", daemon=True)
+        self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -191,7 +190,7 @@ class ProgressLine:
         _CURRENT = self._previous
         with self._lock:
             if self.tty:
-                if self.total or self.done or self.metrics:
+                if self._last_draw or self.total or self.done or self.metrics:  # end the line drawn in place
                     self._write("\r\x1b[2K" + self.text() + "\n")
             elif not self._printed_final and (self.total or self.done or self.metrics):
                 self._write(self.text() + "\n")

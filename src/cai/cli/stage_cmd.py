@@ -82,8 +82,8 @@ def run_stage(rec: registry.Stage, kw: dict[str, Any], extra: Callable[[dict[str
     cfg = build_config(cls, wired, source=source)
     for name in wired.keys() - data.keys():
         inp = rec.input(name)
-        out.print(f"  {name}: {Path(wired[name]['model'])} ({inp.description if inp else 'from this run'})",
-                  highlight=False)
+        where = f"this run's {inp.stage}/{inp.path}" if inp else "from this run"
+        out.print(f"  {name}: {Path(wired[name]['model'])} ({where})", highlight=False)
     stage_dir = run_dir / rec.name
     done_before = not kw["x_overwrite"] and (stage_dir / "manifest.json").exists()
     quiet_library_warnings()
