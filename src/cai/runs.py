@@ -125,17 +125,17 @@ def run_dir_for(runs_dir: str | Path, run: str) -> Path:
 def check_run_dir(run_dir: str | Path) -> Path:
     """Refuse a run folder path that goes back up after going down (``runs/../../x``): it leaves ``--runs-dir``."""
     p = Path(run_dir)
-    down = False
+    down = ""
     for part in p.parts:
         if part == "..":
             if down:
                 raise UserInputError(
-                    f"run folder '{p}' leaves its runs folder (a '..' after '{p.parts[0]}'); output would land "
+                    f"run folder '{p}' leaves its runs folder (a '..' after '{down}'); output would land "
                     "outside --runs-dir.",
                     fix="pass a plain run name such as --run demo, and choose the parent folder with --runs-dir.",
                 )
         elif part not in (".", p.anchor):
-            down = True
+            down = part
     return p
 
 
