@@ -149,6 +149,7 @@ class StageManifest(BaseModel):
     model_config = ConfigDict(extra="allow")
     STAGE: ClassVar[str] = ""
     VERSION: ClassVar[int] = FORMAT_VERSION
+    DEFAULT_ROLE: ClassVar[str] = "model"
 
     stage: str = Field(description="Stage name (the folder under the run)")
     format_version: int = Field(default=FORMAT_VERSION, ge=1, description="Manifest format version")
@@ -160,6 +161,18 @@ class StageManifest(BaseModel):
     timing: dict[str, Any] = Field(default_factory=dict, description="Seconds and rates of this session")
     tokens: dict[str, Any] | None = Field(default=None, description="Generated tokens and the backends' raw counters")
     accounting: dict[str, RoleAccounting] | None = Field(default=None, description="Per-role calls, tokens, time, money")
+
+    def role_accounting(self) -> dict[str, RoleAccounting]:
+        """Per-role accounting; for a manifest without it, what its raw backend counters (``tokens.backend_stats``)
+        say, per backend (role :attr:`DEFAULT_ROLE` when the stage has one backend)."""
+        if self.accounting:
+            return dict(self.accounting)
+        raw = (self.tokens or {}).get("backend_stats")
+        if not isinstance(raw, dict) or not raw:
+            return {}
+        if all(isinstance(v, dict) for v in raw.values()):
+            return {f"backend {k}": accounting_from_stats(v) for k, v in raw.items()}
+        return {self.DEFAULT_ROLE: accounting_from_stats(raw)}
 
     @model_validator(mode="after")
     def _version(self) -> "StageManifest":
@@ -178,6 +191,7 @@ class ReviseManifest(StageManifest):
 
 class PairsManifest(StageManifest):
     STAGE: ClassVar[str] = "pairs"
+    DEFAULT_ROLE: ClassVar[str] = "policy"
     model: dict[str, Any] | None = Field(default=None, description="The policy that wrote the answers")
     counts: dict[str, Any] = Field(default_factory=dict, description="Prompts, answers, comparisons, identical rows")
 
@@ -252,6 +266,7 @@ class LabelStats(BaseModel):
 
 class LabelManifest(StageManifest):
     STAGE: ClassVar[str] = "label"
+    DEFAULT_ROLE: ClassVar[str] = "labeler"
     model: dict[str, Any] | None = Field(default=None, description="The labeler's backend description")
     mode: str | None = None
     input: dict[str, Any] | None = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from cai.manifests import LabelManifest
 from cai.report.svg import esc
 
 
@@ -14,7 +15,7 @@ def is_num(v: Any) -> bool:
 
 def wilson_fig(rate: float | None, n: int | None, judge: str | None = None) -> dict | None:
     """A rate as a figure with n and a Wilson 95% interval (k is recovered as round(rate * n))."""
-    if not is_num(rate) or not n:
+    if not is_num(rate) or not isinstance(n, int) or isinstance(n, bool) or n <= 0:
         return None
     from cai.evaluate.stats import wilson
 
@@ -80,3 +81,31 @@ def model_label(d: Any) -> str:
         return "fake"
     return str(model or d.get("path") or "?")
 
+
+LABEL_RATES = {
+    # figure key in the label statistics -> (rate key of the first manifest format, what n it was taken over)
+    "position_consistency": ("position_consistency_rate", "labeled"),
+    "kept": (None, "n"),
+    "preferring_position_a": ("share_preferring_position_a", "orders"),
+    "choosing_first_answer": ("share_choosing_first_answer", "labeled"),
+}
+
+
+def label_figures(data: dict) -> dict[str, dict | None]:
+    """The label stage's rates as figures. Manifests since the typed format store k and n; for older ones (a rounded
+    rate only) k is recovered as round(rate * n) and the figure says so."""
+    m = data["stages"]["label"].get("model")
+    lab = m.labels if isinstance(m, LabelManifest) else None
+    out: dict[str, dict | None] = {}
+    for key, (legacy, n_of) in LABEL_RATES.items():
+        fig = getattr(lab, key, None) if lab is not None else None
+        if fig is not None:
+            out[key] = fig.as_dict()
+            continue
+        raw = data["stages"]["label"]["manifest"].get("labels") or {}
+        counts = {k: raw.get(k) if isinstance(raw.get(k), int) else None for k in ("labeled", "n")}
+        n = {**counts, "orders": 2 * counts["labeled"] if counts["labeled"] else None}[n_of]
+        value = raw.get(legacy) if legacy else ((raw.get("kept_after_filter") or 0) / n if n else None)
+        f = wilson_fig(value, n)
+        out[key] = {**f, "method": "wilson, k recovered from a rounded rate"} if f else None
+    return out

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from cai.report import svg
 from cai.report.diff import diff_counts, word_diff
-from cai.report.figures import fig_html, is_num, model_label, wilson_fig
+from cai.report.figures import fig_html, is_num, label_figures, model_label, wilson_fig
 from cai.report.html_eval import not_run, table
-from cai.report.read import CURVES, STAGE_TITLES, TRAIN_STAGES, curve_series
+from cai.report.read import CURVES, STAGE_TITLES, TRAIN_STAGES, accounting_rows, curve_series
 from cai.report.svg import esc
 
 
@@ -121,18 +121,18 @@ def section_label(data: dict) -> str:
     if warnings:
         parts.append('<div class="warnbox"><h4>⚠ Label warnings</h4><ul>' + "".join(f"<li>{esc(w)}</li>" for w in warnings) + "</ul></div>")
     n, n_lab = lab.get("n"), lab.get("labeled")
-    kept = wilson_fig((lab.get("kept_after_filter") or 0) / n if n else None, n)
+    figs = label_figures(data)
     rows = [
         ["labeler", f"<code>{esc(model_label(m.get('model')))}</code>, mode {esc(m.get('mode'))}"
          + (f", clamp {esc(lab.get('clamp'))}" if lab.get("clamp") else "")],
         ["comparisons", f"{esc(n)} ({esc(lab.get('skipped_identical', 0))} identical pairs skipped)"],
         ["labeled / abstentions", f"{esc(n_lab)} / {esc(lab.get('abstentions'))}"],
-        ["position consistency (both orders agree)", fig_html(wilson_fig(lab.get("position_consistency_rate"), n_lab))],
-        ["kept after filter (min confidence " + esc(lab.get("min_confidence")) + ")", fig_html(kept)],
+        ["position consistency (both orders agree)", fig_html(figs["position_consistency"])],
+        ["kept after filter (min confidence " + esc(lab.get("min_confidence")) + ")", fig_html(figs["kept"])],
         ["mean confidence |p−0.5|·2", esc(lab.get("mean_confidence")) + (f' <span class="n">n={esc(n_lab)}</span>' if n_lab else "")],
         ["position bias |p₁−p₂|", esc(lab.get("position_bias"))],
-        ["share preferring position A", fig_html(wilson_fig(lab.get("share_preferring_position_a"), 2 * n_lab if n_lab else None))],
-        ["share choosing the first answer", fig_html(wilson_fig(lab.get("share_choosing_first_answer"), n_lab))],
+        ["share preferring position A", fig_html(figs["preferring_position_a"])],
+        ["share choosing the first answer", fig_html(figs["choosing_first_answer"])],
     ]
     parts.append('<div class="cols"><div>' + table(["statistic", "value"], rows, "kv") + "</div><div>")
     counts, edges = lab.get("confidence_histogram"), lab.get("confidence_histogram_edges")
@@ -226,4 +226,35 @@ def section_traces(data: dict) -> str:
                  '<th>final answer</th><th>accepted</th><th>changed</th><th>flags</th></tr></thead><tbody>'
                  + "".join(body) + "</tbody></table>")
     return "\n".join(parts)
+
+
+def _count(v: float | int | None, digits: int = 0) -> str:
+    return f"{v:,.{digits}f}" if is_num(v) else "–"
+
+
+def section_accounting(data: dict) -> str:
+    """Per stage and role: calls, tokens, cached-prefix tokens, seconds, tokens/s, and money where a price is set."""
+    rows_in = accounting_rows(data)
+    if not rows_in:
+        return not_run("no finished stage recorded its time or tokens.")
+    money = any(a.cost is not None for r in rows_in for a in r["roles"].values())
+    head = ["stage", "role", "calls", "prompt tokens", "completion tokens", "cached-prefix tokens", "model seconds",
+            "tokens/s"] + (["cost"] if money else [])
+    rows = []
+    for r in rows_in:
+        stage_cell = f"<code>{esc(r['stage'])}</code>" + (f'<br><span class="small">{esc(_count(r["seconds"], 1))} s in all</span>'
+                                                          if r["seconds"] is not None else "")
+        if not r["roles"]:
+            rows.append([stage_cell, '<span class="na">no model calls recorded</span>'] + ["–"] * (len(head) - 2))
+            continue
+        for role, a in r["roles"].items():
+            cells = [stage_cell, esc(role), _count(a.calls), _count(a.prompt_tokens), _count(a.completion_tokens),
+                     _count(a.cached_prefix_tokens), _count(a.wall_seconds, 1), _count(a.tokens_per_s, 1)]
+            if money:
+                cells.append(esc(f"{a.cost:.4f} {a.currency or ''}".strip()) if a.cost is not None else "–")
+            rows.append(cells)
+            stage_cell = ""
+    note = ('<p class="small">Time is this session\'s (a resumed stage counts only what it did after resuming); '
+            "model seconds are the time spent inside the role's backend calls. Training stages record time, not tokens.</p>")
+    return table(head, rows, "nums accounting") + note
 

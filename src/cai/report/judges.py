@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cai.report.figures import model_label, wilson_fig
+from cai.report.figures import label_figures, model_label
 
 JUDGE_KINDS = {
     "classifier": ("did the answer refuse", "local lexicon + sentence-structure classifier (no model)"),
@@ -100,7 +100,7 @@ def judge_table(data: dict) -> list[dict]:
             "name": f"labeler:{model_label(label_m.get('model'))}", "kind": "labeler",
             "decides": "which of two answers better follows a principle (RL-CAI labels)",
             "what": f"{label_m.get('mode', '?')} mode", "figures": lab.get("n"),
-            "consistency": {"label": wilson_fig(lab.get("position_consistency_rate"), lab.get("labeled"))},
+            "consistency": {"label": label_figures(data)["position_consistency"]},
             "note": "no gold labels; position consistency (both orders prefer the same answer) is the available check.",
         })
     return out

@@ -5,9 +5,9 @@ from __future__ import annotations
 import datetime as _dt
 from typing import Any
 
-from cai.report.figures import flip, fmt_fig, is_num, wilson_fig
+from cai.report.figures import flip, fmt_fig, is_num, label_figures, wilson_fig
 from cai.report.html_eval import EVAL_COLS
-from cai.report.read import CURVES, STAGES, TRAIN_STAGES, curve_series, run_constitution
+from cai.report.read import CURVES, STAGES, TRAIN_STAGES, accounting_rows, curve_series, run_constitution
 
 
 def _md(text: Any) -> str:
@@ -76,7 +76,7 @@ def render_summary(data: dict, generated: str | None = None) -> str:
         lab = lm.get("labels") or {}
         n, n_lab = lab.get("n"), lab.get("labeled")
         lines += [f"- comparisons {n}, labeled {n_lab}, abstentions {lab.get('abstentions')}",
-                  f"- position consistency {fmt_fig(wilson_fig(lab.get('position_consistency_rate'), n_lab))}",
+                  f"- position consistency {fmt_fig(label_figures(data)['position_consistency'])}",
                   f"- kept after filter {lab.get('kept_after_filter')} of {n} (min confidence {lab.get('min_confidence')})",
                   f"- mean confidence {lab.get('mean_confidence')}, position bias {lab.get('position_bias')}", ""]
     else:
@@ -113,5 +113,29 @@ def render_summary(data: dict, generated: str | None = None) -> str:
                   f"{rc.get('changed_from_initial')}/{rc.get('redteam_rows')}", ""]
     else:
         lines += [st["revise"]["status"], ""]
+    lines += _accounting_lines(data)
     return "\n".join(lines)
+
+
+def _accounting_lines(data: dict) -> list[str]:
+    rows = accounting_rows(data)
+    lines = ["## Time, tokens and money", ""]
+    if not rows:
+        return lines + ["no finished stage recorded its time or tokens", ""]
+    money = any(a.cost is not None for r in rows for a in r["roles"].values())
+    lines += ["| stage | seconds | role | calls | prompt tokens | completion tokens | cached-prefix tokens | tokens/s |"
+              + (" cost |" if money else ""), "|" + "---|" * (8 + money)]
+    for r in rows:
+        secs = f"{r['seconds']:.1f}" if r["seconds"] is not None else "–"
+        for role, a in (r["roles"] or {"–": None}).items():
+            if a is None:
+                lines.append(f"| {r['stage']} | {secs} | – | – | – | – | – | – |" + (" – |" if money else ""))
+                continue
+            tps = f"{a.tokens_per_s:.1f}" if a.tokens_per_s is not None else "–"
+            cells = [r["stage"], secs, _md(role), str(a.calls), str(a.prompt_tokens), str(a.completion_tokens),
+                     str(a.cached_prefix_tokens), tps]
+            if money:
+                cells.append(f"{a.cost:.4f} {a.currency or ''}".strip() if a.cost is not None else "–")
+            lines.append("| " + " | ".join(cells) + " |")
+    return lines + [""]
 

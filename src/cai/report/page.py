@@ -5,7 +5,13 @@ from __future__ import annotations
 import datetime as _dt
 
 from cai.report.html_eval import section_eval, section_header, section_judges
-from cai.report.html_stages import section_label, section_reward, section_traces, section_training
+from cai.report.html_stages import (
+    section_accounting,
+    section_label,
+    section_reward,
+    section_traces,
+    section_training,
+)
 from cai.report.svg import esc
 
 CSS = """
@@ -73,6 +79,7 @@ def render_html(data: dict, generated: str | None = None) -> str:
         ("training", "Training curves", section_training(data)),
         ("reward", "Reward model evaluation", section_reward(data)),
         ("labels", "AI preference labels", section_label(data)),
+        ("accounting", "Time, tokens and money per stage", section_accounting(data)),
         ("traces", "Critique-revision traces (SL-CAI)", section_traces(data)),
     ]
     nav = "".join(f'<a href="#{k}">{esc(t)}</a>' for k, t, _ in sections)

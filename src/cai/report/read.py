@@ -12,6 +12,7 @@ from typing import Any
 
 from cai import registry
 from cai.errors import UserInputError
+from cai.manifests import MANIFESTS, LabelManifest, StageManifest, load_manifest
 from cai.report.figures import fmt_fig, is_num, model_label, wilson_fig
 from cai.report.judges import judge_table
 
@@ -78,6 +79,16 @@ class _Reader:
             self.problems.append(f"{rel}: skipped {bad} malformed line(s)")
         return rows
 
+    def typed(self, stage: str, manifest: Any) -> StageManifest | None:
+        """The manifest as its typed model (:func:`cai.manifests.load_manifest`); an invalid one is a problem."""
+        if manifest is None or stage not in MANIFESTS:
+            return None
+        try:
+            return load_manifest(stage, manifest)
+        except UserInputError as e:
+            self.problems.append(f"{stage}/manifest.json: {e.message}")
+            return None
+
     def count_lines(self, rel: str) -> int:
         p = self.run_dir / rel
         try:
@@ -101,7 +112,7 @@ def load_run(run_dir: str | Path, *, max_traces: int = DEFAULT_MAX_TRACES) -> di
         d = run / s
         manifest = r.json(f"{s}/manifest.json")
         status = "complete" if manifest is not None else ("unfinished" if d.is_dir() else "not run")
-        stages[s] = {"status": status, "manifest": manifest or {}}
+        stages[s] = {"status": status, "manifest": manifest or {}, "model": r.typed(s, manifest)}
     if all(st["status"] == "not run" for st in stages.values()) and not (run / "pipeline.json").exists():
         raise UserInputError(f"'{run}' is not a run folder: it holds none of the stage folders ({', '.join(STAGES)}).",
                              fix="pass a run folder such as runs/demo, made by `cai revise`, `cai pipeline` or another stage.")
@@ -142,14 +153,15 @@ def collect_warnings(data: dict) -> list[dict]:
     for s in STAGES:
         if st[s]["status"] == "unfinished":
             w.append({"where": s, "text": f"the {s} stage is unfinished (no manifest.json); its numbers may be partial."})
-    lab = (st["label"]["manifest"].get("labels") or {}) if st["label"]["manifest"] else {}
-    for t in st["label"]["manifest"].get("warnings") or lab.get("warnings") or []:
-        w.append({"where": "label", "text": str(t)})
+    lm = st["label"]["model"]
+    if isinstance(lm, LabelManifest):
+        for t in lm.warnings or (lm.labels.warnings if lm.labels else []):
+            w.append({"where": "label", "text": str(t)})
     hashes = {}
     for s in STAGES:
-        c = st[s]["manifest"].get("constitution") if st[s]["manifest"] else None
-        if isinstance(c, dict) and c.get("hash"):
-            hashes[s] = c["hash"]
+        m = st[s].get("model")
+        if isinstance(m, StageManifest) and m.constitution and m.constitution.hash:
+            hashes[s] = m.constitution.hash
     if len(set(hashes.values())) > 1:
         w.append({"where": "constitution", "text": "stages used different constitutions: "
                   + ", ".join(f"{s}={h}" for s, h in hashes.items())})
@@ -203,6 +215,22 @@ def models_of(data: dict) -> list[tuple[str, str, str]]:
     if m.get("pairwise_judge"):
         out.append(("eval", "pairwise judge", str(m["pairwise_judge"].get("judge", "?"))))
     return out
+
+
+def accounting_rows(data: dict) -> list[dict]:
+    """Per stage and role: calls, tokens, seconds, tokens/s and money, from the typed manifests. Stages that record
+    no per-role accounting (written before it existed) are read from their raw backend counters."""
+    rows = []
+    for s in STAGES:
+        m = data["stages"][s].get("model")
+        if not isinstance(m, StageManifest):
+            continue
+        roles = m.role_accounting()
+        seconds = m.timing.get("seconds_this_session") or (getattr(m, "training", None) or {}).get("seconds_this_session")
+        if not roles and not is_num(seconds):
+            continue
+        rows.append({"stage": s, "seconds": seconds if is_num(seconds) else None, "roles": roles})
+    return rows
 
 
 def run_constitution(data: dict) -> dict | None:
