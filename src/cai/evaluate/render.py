@@ -28,7 +28,7 @@ def render_summary(metrics: dict, cfg: EvalConfig) -> str:
              f"Refusal judge: `{metrics['judge']}`. Baseline for win rates and Elo: `{metrics['baseline']}`. "
              "Intervals are 95% (Wilson for rates, bootstrap for means and Elo).", ""]
     head = ["model", "harmful compliance", "over-refusal (benign)", "over-refusal (benign-risky)", "mean length (tokens)",
-            f"{cfg.ngram}-gram repeat share"]
+            f"top {cfg.ngram}-gram's share of all {cfg.ngram}-grams"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for m, mm in models.items():
         lines.append("| " + " | ".join([

@@ -60,7 +60,7 @@ EVAL_COLS = [
     ("win_rate_helpful", "helpful win rate vs baseline", True, 1),
     ("win_rate_harmless", "harmless win rate vs baseline", True, 1),
     ("mean_length_tokens", "mean length (tokens)", False, 1),
-    ("ngram_repeat_share", "n-gram repeat share", True, 1),
+    ("ngram_repeat_share", "top n-gram's share of all n-grams", True, 1),
     ("truncated", "truncated", True, 1),
 ]
 

@@ -28,7 +28,7 @@ CURVES: dict[str, list[tuple[str, str, bool]]] = {
             ("rewards/accuracies", "implicit reward accuracy", True), ("rewards/chosen", "implicit reward, chosen", False)],
     "rl": [("reward", "reward (reward-model score)", False), ("kl", "KL to the reference", False),
            ("completions/mean_length", "answer length (tokens)", False), ("answer_words", "answer length (words)", False),
-           ("refusal_rate", "refusal rate", True), ("repeat_3gram_share", "repeat 3-gram share", True),
+           ("refusal_rate", "refusal rate", True), ("repeat_3gram_share", "answers sharing the top 3-gram", True),
            ("distinct_3gram_ratio", "distinct 3-gram ratio", True), ("loss", "loss", False)],
 }
 STAGE_TITLES = {"sft": "SL-CAI supervised fine-tuning (sft)", "reward": "Preference / reward model (reward)",
@@ -184,36 +184,44 @@ def collect_warnings(data: dict) -> list[dict]:
                   "refuse everything (reward hacking)."})
     rep = [x["repeat_3gram_share"] for x in rl if is_num(x.get("repeat_3gram_share"))]
     if len(rep) >= 2 and rep[-1] >= 0.8 and rep[-1] - rep[0] >= 0.3:
-        w.append({"where": "rl", "text": f"RL repeat 3-gram share rose to {rep[-1]:.0%}: answers converge on boilerplate."})
+        w.append({"where": "rl", "text": f"the share of RL answers containing the step's most widespread 3-gram rose to "
+                  f"{rep[-1]:.0%}: answers converge on boilerplate."})
     for p in data.get("problems", []):
         w.append({"where": "files", "text": p})
     return w
 
 
 
+def _typed(data: dict, stage: str) -> StageManifest | None:
+    m = data["stages"].get(stage, {}).get("model")
+    return m if isinstance(m, StageManifest) else None
+
+
 def models_of(data: dict) -> list[tuple[str, str, str]]:
-    st = data["stages"]
+    """(stage, role, model) for every model a finished stage names, read from the typed manifests."""
     out = []
-    m = st["revise"]["manifest"]
-    for role, d in (m.get("models") or {}).items():
+    rv = _typed(data, "revise")
+    for role, d in (getattr(rv, "models", None) or {}).items():
         out.append(("revise", role, model_label(d)))
-    m = st["label"]["manifest"]
-    if m.get("model"):
-        out.append(("label", "labeler", model_label(m["model"])))
+    lm = _typed(data, "label")
+    if getattr(lm, "model", None):
+        out.append(("label", "labeler", model_label(lm.model)))
     for s, key, role in (("sft", "base_model", "base"), ("reward", "base_model", "base"), ("dpo", "policy", "policy"),
                          ("rl", "policy", "policy")):
-        m = st[s]["manifest"]
-        if m.get(key):
-            out.append((s, role, model_label(m[key])))
-    if st["rl"]["manifest"].get("reward_model"):
-        out.append(("rl", "reward model", str(st["rl"]["manifest"]["reward_model"])))
-    m = st["eval"]["manifest"]
-    for name, d in (m.get("models") or {}).items():
-        out.append(("eval", f"evaluated: {name}", model_label(d)))
-    if m.get("judge"):
-        out.append(("eval", "refusal judge", str((m["judge"] or {}).get("judge", "?"))))
-    if m.get("pairwise_judge"):
-        out.append(("eval", "pairwise judge", str(m["pairwise_judge"].get("judge", "?"))))
+        value = getattr(_typed(data, s), key, None)
+        if value:
+            out.append((s, role, model_label(value)))
+    rl = _typed(data, "rl")
+    if getattr(rl, "reward_model", None):
+        out.append(("rl", "reward model", str(rl.reward_model)))
+    ev = _typed(data, "eval")
+    if ev is not None:
+        for name, d in ev.models.items():
+            out.append(("eval", f"evaluated: {name}", model_label(d)))
+        if ev.judge:
+            out.append(("eval", "refusal judge", str(ev.judge.get("judge", "?"))))
+        if ev.pairwise_judge:
+            out.append(("eval", "pairwise judge", str(ev.pairwise_judge.get("judge", "?"))))
     return out
 
 
@@ -234,10 +242,11 @@ def accounting_rows(data: dict) -> list[dict]:
 
 
 def run_constitution(data: dict) -> dict | None:
+    """Name, version and hash of the constitution the run's first constitution-reading stage used."""
     for s in ("revise", "label", "eval"):
-        c = data["stages"][s]["manifest"].get("constitution")
-        if isinstance(c, dict) and c.get("hash"):
-            return c
+        m = _typed(data, s)
+        if m is not None and m.constitution and m.constitution.hash:
+            return m.constitution.model_dump(mode="json")
     return None
 
 
