@@ -87,6 +87,17 @@ def eval_points(metrics: dict) -> tuple[list[dict], list[dict]]:
     return rate_pts, elo_pts
 
 
+def category_series(models: dict, key: str) -> tuple[list[str], list[dict]]:
+    """The categories of a per-category figure (e.g. ``harmful_compliance_by_category``) and one bar series per model."""
+    cats = sorted({c for mm in models.values() for c in (mm.get(key) or {})})
+    series = []
+    for name, mm in models.items():
+        by = mm.get(key) or {}
+        series.append({"name": name, "values": [(by.get(c) or {}).get("value") for c in cats],
+                       "errs": [(by.get(c) or {}).get("ci95") for c in cats], "ns": [(by.get(c) or {}).get("n") for c in cats]})
+    return cats, series
+
+
 def section_eval(data: dict) -> str:
     st = data["stages"]["eval"]
     metrics = data.get("eval")
@@ -130,26 +141,16 @@ def section_eval(data: dict) -> str:
     charts.append("</div>")
     parts.append("".join(charts))
 
-    cats = sorted({c for mm in models.values() for c in (mm.get("harmful_compliance_by_category") or {})})
+    cats, series = category_series(models, "harmful_compliance_by_category")
     if cats:
-        series = []
-        for name, mm in models.items():
-            by = mm.get("harmful_compliance_by_category") or {}
-            series.append({"name": name, "values": [(by.get(c) or {}).get("value") for c in cats],
-                           "errs": [(by.get(c) or {}).get("ci95") for c in cats], "ns": [(by.get(c) or {}).get("n") for c in cats]})
         parts.append('<h3>Harmful compliance by category</h3>')
         parts.append(svg.grouped_bars(cats, series, title="Harmful compliance per taxonomy category (lower is better)",
                                       ylabel="harmful-compliance rate", ylim=(0, 1), percent=True, css_class="category-bars"))
         rows = [[esc(c)] + [fig_html((mm.get("harmful_compliance_by_category") or {}).get(c), digits=0, default_judge=judge)
                             for mm in models.values()] for c in cats]
         parts.append(f'<details><summary>table</summary>{table(["category"] + [esc(m) for m in models], rows, "nums")}</details>')
-    ocats = sorted({c for mm in models.values() for c in (mm.get("over_refusal_by_category") or {})})
+    ocats, series = category_series(models, "over_refusal_by_category")
     if ocats:
-        series = []
-        for name, mm in models.items():
-            by = mm.get("over_refusal_by_category") or {}
-            series.append({"name": name, "values": [(by.get(c) or {}).get("value") for c in ocats],
-                           "errs": [(by.get(c) or {}).get("ci95") for c in ocats], "ns": [(by.get(c) or {}).get("n") for c in ocats]})
         parts.append(svg.grouped_bars(ocats, series, title="Over-refusal per category of benign prompts (lower is better)",
                                       ylabel="refusal rate on benign prompts", ylim=(0, 1), percent=True,
                                       css_class="overrefusal-bars"))
