@@ -19,7 +19,9 @@ recorded as such and never replaced by a default.
 
 Outputs in ``runs/<run>/label/``: ``labels.jsonl`` (every comparison with per-principle, per-order details),
 ``preference.jsonl`` (TRL conversational preference format, only labels that pass ``min_confidence``) and
-``manifest.json`` with label statistics and plain-text warnings when the labels are weak.
+``manifest.json`` with label statistics (every rate a figure with k, n and a 95% interval), per-role accounting and
+plain-text warnings when the labels are weak. Comparisons are labeled in fixed shards by the shared runner
+(:func:`cai.stages.sharded.run_sharded`): a killed run resumes at the first shard it had not written.
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ from __future__ import annotations
 import hashlib
 import random
 import re
-import time
 from pathlib import Path
 from typing import Any, Callable, Literal
 
@@ -45,7 +46,7 @@ from cai.labeling import prompts as P
 from cai.labeling import softlabel as S
 from cai.labeling.mc import score_choices
 from cai.manifests import Figure, accounting_from_stats
-from cai.runs import StageDir
+from cai.stages.sharded import Shard, ShardedResult, run_sharded
 from cai.progress import Progress
 
 _WS = re.compile(r"\s+")
@@ -183,19 +184,18 @@ def sample_principles(const: Constitution, rng: random.Random, k: int) -> list[P
 
 
 # --- one shard --------------------------------------------------------------------------------------------------------
-def _gen_seed(cfg: LabelConfig, shard_index: int, step: int) -> int:
-    return cfg.seed * 7919 + shard_index * 101 + step
+COT_STEP, PARSE_STEP = 1, 10  # seed steps inside a shard: the reasoning call, then the parsing attempts
 
 
 def label_shard(
-    comps: list[dict],
+    shard: Shard,
     const: Constitution,
     cfg: LabelConfig,
     labeler: Backend,
-    shard_index: int,
     progress: Progress | None = None,
 ) -> list[dict]:
     """Label every comparison of one shard: all principles and both orders go to the backend in one batch per step."""
+    comps = shard.items
     # One item per (comparison, principle, order). Order 0 shows response_a as (A); order 1 shows it as (B).
     items: list[dict[str, Any]] = []
     chosen_principles: list[list[Principle]] = []
@@ -212,7 +212,7 @@ def label_shard(
     if cfg.mode == "cot":
         gens = labeler.generate(
             [P.reasoning_conversation(it["prompt"], it["q"], it["A"], it["B"]) for it in items],
-            GenParams(max_new_tokens=cfg.cot_tokens, temperature=cfg.cot_temperature, seed=_gen_seed(cfg, shard_index, 1)),
+            GenParams(max_new_tokens=cfg.cot_tokens, temperature=cfg.cot_temperature, seed=shard.seed(COT_STEP)),
         )
         reasoning = [P.clean_reasoning(g.text) for g in gens]
         reasoning_finish = [g.finish_reason for g in gens]
@@ -225,7 +225,7 @@ def label_shard(
         parse_tokens=cfg.parse_tokens,
         retries=cfg.parse_retries,
         retry_temperature=cfg.parse_temperature,
-        seed=lambda attempt: _gen_seed(cfg, shard_index, 10 + attempt),
+        seed=lambda attempt: shard.seed(PARSE_STEP + attempt),
     )
     tokens += batch.completion_tokens
     p_a = [c.p_a for c in batch.choices]
@@ -410,51 +410,39 @@ def run_label(
         )
     path, pair_rows = load_pair_rows(cfg, run_dir)
     comps, skipped = comparisons(pair_rows)
-    stage = StageDir(run_dir, "label")
     pool = pool or BackendPool()
-    if overwrite or not stage.is_complete():
-        pool.get(cfg.labeler)  # a model that fails to load must not leave a half-started stage behind
-    state = stage.begin(
-        {"label": cfg.model_dump(mode="json"), "constitution_hash": const.content_hash(), "pairs_hash": _file_hash(path)},
-        overwrite=overwrite,
+
+    def finish(result: ShardedResult[Backend]) -> dict:
+        rows, labeler = result.rows, result.resources
+        result.stage.write_output("labels.jsonl", rows)
+        result.stage.write_output("preference.jsonl", preference_view(rows))
+        stats = label_statistics(rows, cfg, skipped, judge=f"labeler:{cfg.labeler.label()}")
+        timing = result.timing()
+        done_now, seconds = timing["rows_this_session"], result.seconds
+        return {
+            "constitution": {"name": const.name, "version": const.version, "hash": const.content_hash()},
+            "model": labeler.describe(),
+            "input": {"pairs": str(path), "pair_rows": len(pair_rows), "comparisons": len(comps)},
+            "mode": cfg.mode,
+            "labels": stats,
+            "warnings": stats["warnings"],
+            "tokens": {"generated_this_session": result.tokens, "backend_stats": labeler.stats.as_dict()},
+            "accounting": {"labeler": accounting_from_stats(labeler.stats).model_dump(mode="json", exclude_none=True)},
+            "timing": {
+                "seconds_this_session": timing["seconds_this_session"],
+                "rows_this_session": done_now,
+                "labels_per_s": round(done_now / seconds, 3) if seconds > 0 and done_now else None,
+                "resumed_rows": result.resumed,
+            },
+            "outputs": {"labels": "labels.jsonl", "preference": "preference.jsonl"},
+            "config": cfg.model_dump(mode="json"),
+        }
+
+    return run_sharded(
+        run_dir, "label", comps, shard_size=cfg.shard_size, seed=cfg.seed,
+        identity={"label": cfg.model_dump(mode="json"), "constitution_hash": const.content_hash(),
+                  "pairs_hash": _file_hash(path)},
+        load=lambda: pool.get(cfg.labeler),
+        work=lambda shard, labeler, prog: label_shard(shard, const, cfg, labeler, prog),
+        finish=finish, overwrite=overwrite, on_progress=on_progress, on_ready=on_ready,
     )
-    if state == "complete":
-        return stage.manifest()
-    labeler = pool.get(cfg.labeler)
-    shards = [comps[i : i + cfg.shard_size] for i in range(0, len(comps), cfg.shard_size)]
-    already = sum(len(s) for i, s in enumerate(shards) if stage.shard_done(i))
-    prog = Progress(total=len(comps), done=already, callback=on_progress)
-    prog.extra["resumed_rows"] = already
-    if on_ready:
-        on_ready(prog)
-    t0 = time.perf_counter()
-    for i, shard in enumerate(shards):
-        if stage.shard_done(i):
-            continue
-        stage.write_shard(i, label_shard(shard, const, cfg, labeler, i, prog))
-    elapsed = time.perf_counter() - t0
-    rows = stage.read_shards(len(shards))
-    stage.write_output("labels.jsonl", rows)
-    stage.write_output("preference.jsonl", preference_view(rows))
-    stats = label_statistics(rows, cfg, skipped, judge=f"labeler:{cfg.labeler.label()}")
-    done_now = len(rows) - already
-    manifest = {
-        "constitution": {"name": const.name, "version": const.version, "hash": const.content_hash()},
-        "model": labeler.describe(),
-        "input": {"pairs": str(path), "pair_rows": len(pair_rows), "comparisons": len(comps)},
-        "mode": cfg.mode,
-        "labels": stats,
-        "warnings": stats["warnings"],
-        "tokens": {"generated_this_session": prog.tokens, "backend_stats": labeler.stats.as_dict()},
-        "accounting": {"labeler": accounting_from_stats(labeler.stats).model_dump(mode="json", exclude_none=True)},
-        "timing": {
-            "seconds_this_session": round(elapsed, 2),
-            "rows_this_session": done_now,
-            "labels_per_s": round(done_now / elapsed, 3) if elapsed > 0 and done_now else None,
-            "resumed_rows": already,
-        },
-        "outputs": {"labels": "labels.jsonl", "preference": "preference.jsonl"},
-        "config": cfg.model_dump(mode="json"),
-    }
-    stage.finish(manifest)
-    return manifest
