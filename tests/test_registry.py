@@ -83,3 +83,11 @@ def test_pipeline_set_overrides_a_section(runner, tmp_path):
     assert "revise done" in r.output and "pipeline done" in r.output
     r = runner.invoke(app, ["pipeline", str(cfg), "--set", "revise.roundz=1"])
     assert r.exit_code == 2 and "roundz" in r.output
+
+
+def test_the_report_charts_the_curves_the_registry_declares():
+    from cai.report.read import CURVES, STAGES as REPORT_STAGES
+
+    assert REPORT_STAGES == registry.PIPELINE_STAGES
+    for name in registry.TRAINING_STAGES:
+        assert [key for key, _, _ in CURVES[name]] == list(registry.get(name).curves), name

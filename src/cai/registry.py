@@ -89,7 +89,7 @@ STAGES: tuple[Stage, ...] = (
         config="cai.stages.sft:SFTStageConfig", run="cai.stages.sft:run_sft",
         inputs=(Input("data", "revise", "sft.jsonl", description="this run's revise/sft.jsonl"),
                 Input("helpful", "revise", "helpful.jsonl", description="this run's revise/helpful.jsonl")),
-        roles=("model",), outputs=("model", "metrics.jsonl"), curves=("loss",),
+        roles=("model",), outputs=("model", "metrics.jsonl"), curves=("loss", "mean_token_accuracy", "entropy"),
         summary="cai.cli.summaries:sft",
     ),
     Stage(
@@ -113,14 +113,15 @@ STAGES: tuple[Stage, ...] = (
         help="Train a Bradley-Terry reward model on (soft) AI preference labels; report held-out accuracy and ECE.",
         config="cai.stages.reward:RewardStageConfig", run="cai.stages.reward:run_reward",
         inputs=(_LABEL_PREFS,), roles=("model",), outputs=("model", "metrics.jsonl", "eval.json"),
-        curves=("loss", "accuracy"), summary="cai.cli.summaries:reward",
+        curves=("loss", "accuracy", "margin", "mean_reward"), summary="cai.cli.summaries:reward",
     ),
     Stage(
         name="rl", kind="training",
         help="RL-CAI: optimize the policy against the reward model with a KL leash (GRPO, RLOO or PPO).",
         config="cai.stages.rl:RLStageConfig", run="cai.stages.rl:run_rl",
         inputs=(_SFT_MODEL, _REWARD_MODEL), outputs=("model", "metrics.jsonl", "samples.jsonl"),
-        curves=("reward", "kl", "completions/mean_length", "refusal_rate", "repeat_3gram_share"),
+        curves=("reward", "kl", "completions/mean_length", "answer_words", "refusal_rate", "repeat_3gram_share",
+                "distinct_3gram_ratio", "loss"),
         summary="cai.cli.summaries:rl",
     ),
     Stage(
@@ -128,7 +129,7 @@ STAGES: tuple[Stage, ...] = (
         help="Offline DPO on AI-labeled preference pairs (LoRA; the adapter-free policy is the reference).",
         config="cai.stages.dpo:DPOStageConfig", run="cai.stages.dpo:run_dpo",
         inputs=(_SFT_MODEL, _LABEL_PREFS), outputs=("model", "metrics.jsonl"),
-        curves=("loss", "rewards/margins", "rewards/accuracies"), summary="cai.cli.summaries:dpo",
+        curves=("loss", "rewards/margins", "rewards/accuracies", "rewards/chosen"), summary="cai.cli.summaries:dpo",
     ),
     Stage(
         name="eval", kind="sharded",
