@@ -78,7 +78,27 @@ def _rl_cfg(reward_dir: Path, algorithm: str):
     )
 
 
-def _train_interrupted_then_resumed(cfg, run_dir: Path) -> dict:
+def _killed_before_manifest(run) -> dict:
+    """Run a stage whose process dies after its last checkpoint and model save, right before the manifest is written.
+    Returns the manifest it was about to write."""
+    from cai.runs import StageDir
+
+    seen: dict = {}
+
+    def finish(self, manifest):
+        seen.update(manifest)
+        raise Interrupted("killed between the last checkpoint and the manifest")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(StageDir, "finish", finish)
+        with pytest.raises(Interrupted):
+            run()
+    return seen
+
+
+def _train_interrupted_then_resumed(cfg, run_dir: Path) -> tuple[dict, dict]:
+    """Killed after checkpoint-1, resumed and killed again between the last checkpoint and the manifest, resumed
+    again. Returns (the manifest the second session was about to write, the final manifest)."""
     from cai.stages.rl import run_rl
 
     with pytest.raises(Interrupted):
@@ -86,13 +106,21 @@ def _train_interrupted_then_resumed(cfg, run_dir: Path) -> dict:
     stage = run_dir / "rl"
     assert not (stage / "manifest.json").exists()
     assert (stage / "checkpoints" / "checkpoint-1" / "trainer_state.json").exists()
-    return run_rl(cfg, run_dir, progress=False)
+    second = _killed_before_manifest(lambda: run_rl(cfg, run_dir, progress=False))
+    assert not (stage / "manifest.json").exists() and (stage / "model" / "config.json").exists()
+    assert (stage / "checkpoints" / "checkpoint-2" / "trainer_state.json").exists()  # the resume point survived
+    model_before = (stage / "model" / "model.safetensors").read_bytes()
+    final = run_rl(cfg, run_dir, progress=False)
+    assert final["training"]["resumed_from"] == "checkpoint-2" and final["training"]["steps_this_session"] == 0
+    assert final["training"]["steps"] == 2
+    assert (stage / "model" / "model.safetensors").read_bytes() == model_before  # the same trained policy
+    return second, final
 
 
-def _check_training_outputs(m: dict, stage: Path, *, kl_after_update_positive: bool) -> None:
-    from cai.train.common import read_metrics
+def _check_training_outputs(second: dict, m: dict, stage: Path, *, kl_after_update_positive: bool) -> None:
+    from cai.train.logs import read_metrics
 
-    assert m["training"]["steps"] == 2 and m["training"]["resumed_from"] == "checkpoint-1"
+    assert second["training"]["steps"] == 2 and second["training"]["resumed_from"] == "checkpoint-1"
     rows = [r for r in read_metrics(stage / "metrics.jsonl") if "reward" in r]
     assert [r["step"] for r in rows] == [1, 2]  # step 1 logged once, before the kill; step 2 after resuming
     for r in rows:
@@ -131,9 +159,9 @@ def test_grpo_two_steps_resume_merge_reload(tmp_path, reward_dir):
     from cai.stages.rl import run_rl
 
     cfg = _rl_cfg(reward_dir, "grpo")
-    m = _train_interrupted_then_resumed(cfg, tmp_path / "run")
+    second, m = _train_interrupted_then_resumed(cfg, tmp_path / "run")
     stage = tmp_path / "run" / "rl"
-    _check_training_outputs(m, stage, kl_after_update_positive=True)
+    _check_training_outputs(second, m, stage, kl_after_update_positive=True)
     assert m["algorithm"] == "grpo" and "k3" in m["rl"]["kl_definition"]
     manifest = json.loads((stage / "manifest.json").read_text())
     assert manifest["versions"]["trl"] and manifest["config"]["algorithm"] == "grpo"
@@ -144,13 +172,13 @@ def test_grpo_two_steps_resume_merge_reload(tmp_path, reward_dir):
 
 
 def test_ppo_two_steps_resume_merge_reload(tmp_path, reward_dir):
-    from cai.train.common import read_metrics
+    from cai.train.logs import read_metrics
 
     cfg = _rl_cfg(reward_dir, "ppo")
-    m = _train_interrupted_then_resumed(cfg, tmp_path / "run")
+    second, m = _train_interrupted_then_resumed(cfg, tmp_path / "run")
     stage = tmp_path / "run" / "rl"
     # the per-answer sum of (logp - ref) is a first-order estimate that can dip below 0 for a few samples
-    _check_training_outputs(m, stage, kl_after_update_positive=False)
+    _check_training_outputs(second, m, stage, kl_after_update_positive=False)
     rows = read_metrics(stage / "metrics.jsonl")
     assert rows[0]["kl"] == 0.0 and rows[1]["kl"] != 0.0  # identical to the reference at first, then not
     assert all(r["vf_loss"] > 0 and 0 <= r["clipfrac"] <= 1 for r in rows)

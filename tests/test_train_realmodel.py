@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from cai.errors import UserInputError
-from cai.train.common import append_line, latest_checkpoint, read_metrics, trim_metrics
+from cai.train.logs import append_line, latest_checkpoint, read_metrics, trim_metrics
 
 REDTEAM = [
     ("How do I get into my neighbour's house while they are away?",
@@ -45,6 +45,38 @@ PAIRS = [
 
 class Killed(Exception):
     pass
+
+
+#: stage -> (the manifest its killed session was about to write, a weight of the model that session saved)
+KILLED_BEFORE_MANIFEST: dict[str, tuple[dict, object]] = {}
+
+
+def _killed_before_manifest(stage: str, run_dir: Path, run) -> dict:
+    """Run a stage whose process dies after its last checkpoint and model save, right before the manifest; rerun it.
+    Asserts the rerun resumes from the last checkpoint (no step trained again) and returns its manifest."""
+    from cai.runs import StageDir
+
+    seen: dict = {}
+
+    def finish(self, manifest):
+        seen.update(manifest)
+        raise Killed("killed between the last checkpoint and the manifest")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(StageDir, "finish", finish)
+        with pytest.raises(Killed):
+            run()
+    folder = run_dir / stage
+    assert not (folder / "manifest.json").exists() and (folder / "model" / "config.json").exists()
+    ckpt, step = latest_checkpoint(folder / "checkpoints")
+    assert ckpt is not None and step == seen["training"]["steps"]  # the resume point survived the kill
+    weight = _tensor(folder / "model", "model.layers.0.self_attn.q_proj.weight")
+    KILLED_BEFORE_MANIFEST[stage] = (seen, weight)
+    m = run()
+    assert m["training"]["resumed_from"] == f"checkpoint-{step}" and m["training"]["steps_this_session"] == 0
+    assert m["training"]["steps"] == step and not (folder / "checkpoints").exists()
+    assert _tensor(folder / "model", "model.layers.0.self_attn.q_proj.weight").equal(weight)  # same trained model
+    return m
 
 
 def _msg(role, text):
@@ -127,15 +159,16 @@ def sft_manifest(run_dir):
     stage = run_dir / "sft"
     assert not (stage / "manifest.json").exists()
     assert latest_checkpoint(stage / "checkpoints")[1] == 1
-    return run_sft(cfg, run_dir, progress=False)
+    return _killed_before_manifest("sft", run_dir, lambda: run_sft(cfg, run_dir, progress=False))
 
 
 @pytest.mark.realmodel
 def test_sft_resumes_trains_and_saves_a_merged_policy(run_dir, sft_manifest):
     m = sft_manifest
     stage = run_dir / "sft"
-    assert m["training"]["resumed_from"] == "checkpoint-1"
-    assert m["training"]["steps"] == 2 and m["training"]["steps_this_session"] == 1
+    second = KILLED_BEFORE_MANIFEST["sft"][0]  # the session that resumed from the step-1 kill
+    assert second["training"]["resumed_from"] == "checkpoint-1"
+    assert second["training"]["steps"] == 2 and second["training"]["steps_this_session"] == 1
     assert m["data"]["revision_rows"] == 4 and m["data"]["helpful_used"] == 2 and m["data"]["train_rows"] == 6
     rows = _loss_rows(stage)
     assert [r["step"] for r in rows] == [1, 2]  # the resumed run neither lost nor repeated a step
@@ -165,7 +198,7 @@ def test_reward_model_trains_on_soft_labels_evaluates_and_scores(run_dir, tmp_pa
 
     cfg = RewardStageConfig(max_steps=2, batch_size=2, max_length=128, logging_steps=1, warmup_ratio=0,
                             eval_fraction=0.34, learning_rate=5e-5)
-    m = run_reward(cfg, run_dir, progress=False)
+    m = _killed_before_manifest("reward", run_dir, lambda: run_reward(cfg, run_dir, progress=False))
     stage = run_dir / "reward"
     assert m["data"]["label_field"] == "score_chosen"
     assert m["data"]["train_pairs"] == 4 and m["data"]["eval_pairs"] == 2
@@ -204,7 +237,7 @@ def test_soft_label_reaches_the_reward_loss(tmp_path):
     from trl import RewardConfig
 
     from cai.stages.reward import _trainer_class, soft_bt_loss
-    from cai.train.common import load_tokenizer
+    from cai.train.models import load_tokenizer
 
     tok = load_tokenizer(_base_dir())
     torch.manual_seed(0)
@@ -230,11 +263,22 @@ def test_soft_label_reaches_the_reward_loss(tmp_path):
 
 # --- DPO ---------------------------------------------------------------------------------------------------------------
 @pytest.mark.realmodel
-def test_dpo_trains_the_sft_policy_against_its_adapter_free_self(run_dir, sft_manifest):
+def test_dpo_trains_the_sft_policy_against_its_adapter_free_self(run_dir, sft_manifest, capfd):
     from cai.stages.dpo import DPOStageConfig, run_dpo
 
-    cfg = DPOStageConfig(max_steps=2, batch_size=1, max_length=128, logging_steps=1, warmup_ratio=0, min_p_chosen=0.65)
-    m = run_dpo(cfg, run_dir, progress=False)
+    from cai.progress import Progress
+
+    cfg = DPOStageConfig(max_steps=2, batch_size=1, max_length=128, logging_steps=1, warmup_ratio=0, min_p_chosen=0.65,
+                         save_steps=1)
+    seen: list[tuple[int, int, dict]] = []
+
+    def on_progress(p: Progress) -> None:
+        seen.append((p.done, p.total, dict(p.extra["metrics"])))
+
+    m = run_dpo(cfg, run_dir, progress=False, on_progress=on_progress)
+    assert seen[-1][:2] == (2, 2) and "loss" in seen[-1][2] and "accuracy" in seen[-1][2]  # steps, loss on the line
+    console = "".join(capfd.readouterr())
+    assert "{'loss'" not in console and "it/s]" not in console  # no raw TRL dicts, no tqdm bars
     stage = run_dir / "dpo"
     assert m["policy"]["source"] == "this run's sft/model"  # default policy: the run's SFT model
     assert m["data"]["low_confidence_dropped"] == 1 and m["data"]["train_pairs"] == 5
@@ -283,7 +327,7 @@ def test_missing_run_inputs_name_the_file_and_the_fix(tmp_path):
     with pytest.raises(UserInputError, match=r"label/preference\.jsonl"):
         run_dpo(DPOStageConfig(), tmp_path / "nothing")
     with pytest.raises(Exception, match="training needs local weights"):
-        from cai.train.common import resolve_model_path
+        from cai.train.models import resolve_model_path
 
         resolve_model_path("openai:some-model@http://localhost:1/v1")
 

@@ -26,6 +26,7 @@ from cai.errors import UserInputError
 from cai.progress import Progress
 from cai.seeding import rng
 from cai.stages.sharded import Shard, ShardedResult, run_sharded
+from cai.stages.reward import reward_model_of
 from cai.train.rl_metrics import completion_metrics, refusal_classifier
 
 
@@ -62,26 +63,6 @@ def resolve_policy_spec(cfg: BestOfNConfig, run_dir: Path) -> tuple[ModelSpec, s
 
     sft_model, source = policy_default(run_dir)
     return (ModelSpec(model=str(sft_model)) if sft_model is not None else ModelSpec()), source
-
-
-def resolve_reward_model(value: str | None, run_dir: Path) -> Path:
-    from cai.stages.reward import resolve_reward_dir
-
-    if value is None:
-        p = run_dir / "reward" / "model"
-        if not (p / "config.json").exists():
-            raise UserInputError(
-                f"reward_model: this run has no trained reward model ({p} does not exist).",
-                fix=f"run `cai reward --run {run_dir.name}` first (same --runs-dir), or pass --reward-model FOLDER.",
-            )
-        return p
-    p = resolve_reward_dir(value)
-    if not (p / "config.json").exists():
-        raise UserInputError(
-            f"reward_model: '{value}' is not a reward model folder (no config.json).",
-            fix="pass the folder written by `cai reward` (runs/RUN/reward/model).",
-        )
-    return p
 
 
 def best_of_n_shard(shard: Shard, cfg: BestOfNConfig, policy: Any, scorer: Any,
@@ -158,7 +139,7 @@ def run_bestofn(
     """
     run_dir = Path(run_dir)
     spec, policy_source = resolve_policy_spec(cfg, run_dir)
-    reward_path = None if scorer is not None else resolve_reward_model(cfg.reward_model, run_dir)
+    reward_path = None if scorer is not None else reward_model_of(cfg.reward_model, run_dir)
     items = load_prompts(cfg.prompts, split=cfg.prompt_split, column_map=cfg.column_map, limit=cfg.limit)
     if not items:
         raise UserInputError(f"prompts: '{cfg.prompts}' (split {cfg.prompt_split}) has no prompts.",

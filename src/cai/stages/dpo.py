@@ -21,26 +21,18 @@ from pydantic import Field
 
 from cai.backends.spec import ModelSpec
 from cai.errors import UserInputError
-from cai.train.data import PREFERENCE_ALIASES, file_digest, load_preferences, resolve_run_input
+from cai.train.data import PreferenceDataSettings, file_digest
 from cai.train.logs import final_loss
-from cai.train.models import load_causal_lm, load_tokenizer, lora_config, resolve_policy
+from cai.train.models import load_causal_lm, load_tokenizer, resolve_policy
 from cai.train.runner import Trained, TrainingRun, identity_config, run_training
 from cai.train.settings import TrainSettings
 
 DPO_METRICS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")
 
 
-class DPOStageConfig(TrainSettings):
+class DPOStageConfig(PreferenceDataSettings, TrainSettings):
     """Settings of ``cai dpo``; YAML keys (a ``dpo:`` section or flat keys) and CLI flags use these names."""
 
-    data: str = Field(
-        default="label",
-        description="'label' = this run's label/preference.jsonl, 'revise' = revise/preference.jsonl, or a file path",
-    )
-    column_map: dict[str, str] = Field(default_factory=dict, description="Our field -> your column, e.g. {chosen: good}")
-    label_field: str = Field(
-        default="auto", description="Soft label P(chosen better): auto (p_chosen, score_chosen, score or label), none, or a field name"
-    )
     min_p_chosen: float = Field(
         default=0.5, ge=0.5, le=1.0,
         description="Keep pairs whose label confidence max(p, 1-p) is at least this (0.5 keeps every pair)",
@@ -95,8 +87,7 @@ def run_dpo(cfg: DPOStageConfig, run_dir: str | Path, *, overwrite: bool = False
             on_ready: Callable[[Any], None] | None = None) -> dict:
     """Run (or resume) ``cai dpo`` into ``run_dir/dpo``. Returns the manifest."""
     run_dir = Path(run_dir)
-    data_path = resolve_run_input(cfg.data, run_dir, PREFERENCE_ALIASES, field="data", command="cai dpo")
-    pairs, data_info = load_preferences(data_path, label_field=cfg.label_field, column_map=cfg.column_map)
+    data_path, pairs, data_info = cfg.load_pairs(run_dir, "cai dpo")
     policy_path, policy_label, policy_source = resolve_policy(cfg.policy, run_dir)
 
     def train(run: TrainingRun) -> Trained:
@@ -125,10 +116,7 @@ def run_dpo(cfg: DPOStageConfig, run_dir: str | Path, *, overwrite: bool = False
             model=load_causal_lm(policy_path, tok),
             ref_model=None if cfg.lora else load_causal_lm(policy_path, tok),
             args=args,
-            train_dataset=ds,
-            processing_class=tok,
-            peft_config=lora_config(cfg, "CAUSAL_LM") if cfg.lora else None,
-            callbacks=run.callbacks(),
+            **run.trainer_inputs(cfg, tok, ds),
         )
         fitted = run.fit(trainer)
         last = {k: final_loss(trainer.state.log_history, k) for k in DPO_METRICS}

@@ -42,8 +42,8 @@ from cai.backends.spec import ModelSpec
 from cai.data.io import write_json
 from cai.errors import UserInputError
 from cai.seeding import rng, seed_torch
-from cai.train.data import PREFERENCE_ALIASES, Conversation, as_messages, file_digest, load_preferences, resolve_run_input
-from cai.train.models import load_tokenizer, lora_config, resolve_model_path
+from cai.train.data import Conversation, PreferenceDataSettings, as_messages, file_digest
+from cai.train.models import load_tokenizer, resolve_model_path
 from cai.train.runner import Trained, TrainingRun, identity_config, run_training
 from cai.train.settings import TrainSettings, resolve_device
 
@@ -51,18 +51,9 @@ META_FILE = "cai_reward.json"
 LOSS_NAME = "soft Bradley-Terry: -[p*log(sigmoid(d)) + (1-p)*log(sigmoid(-d))], d = r_chosen - r_rejected"
 
 
-class RewardStageConfig(TrainSettings):
+class RewardStageConfig(PreferenceDataSettings, TrainSettings):
     """Settings of ``cai reward``; YAML keys (a ``reward:`` section or flat keys) and CLI flags use these names."""
 
-    data: str = Field(
-        default="label",
-        description="'label' = this run's label/preference.jsonl, 'revise' = revise/preference.jsonl, or a file path",
-    )
-    column_map: dict[str, str] = Field(default_factory=dict, description="Our field -> your column, e.g. {chosen: good}")
-    label_field: str = Field(
-        default="auto",
-        description="Soft label P(chosen better): auto (p_chosen, score_chosen, score or label), none (hard labels), or a field",
-    )
     eval_fraction: float = Field(default=0.1, ge=0, lt=1, description="Share of pairs held out for evaluation (seeded)")
     calibration_bins: int = Field(default=5, ge=2, le=20, description="Equal-width bins of sigmoid(margin) for the ECE")
     eval_before: bool = Field(default=True, description="Also evaluate the untrained reward head, as a baseline")
@@ -130,6 +121,26 @@ def resolve_reward_dir(path: str | Path) -> Path:
     if not has_weights and (path / "model" / "config.json").exists():
         return path / "model"
     return path
+
+
+def reward_model_of(value: str | None, run_dir: Path) -> Path:
+    """The reward model a stage scores with: ``value`` (a model folder or a reward stage folder), else this run's
+    ``reward/model``; a clear error naming the fix when there is none."""
+    if value is None:
+        p = Path(run_dir) / "reward" / "model"
+        if not (p / "config.json").exists():
+            raise UserInputError(
+                f"reward_model: this run has no trained reward model ({p} does not exist).",
+                fix=f"run `cai reward --run {Path(run_dir).name}` first (same --runs-dir), or pass --reward-model FOLDER.",
+            )
+        return p
+    p = resolve_reward_dir(value)
+    if not (p / "config.json").exists():
+        raise UserInputError(
+            f"reward_model: '{value}' is not a reward model folder (no config.json).",
+            fix="pass the folder written by `cai reward` (runs/RUN/reward/model).",
+        )
+    return p
 
 
 class RewardScorer:
@@ -297,8 +308,7 @@ def run_reward(cfg: RewardStageConfig, run_dir: str | Path, *, overwrite: bool =
                on_ready: Callable[[Any], None] | None = None) -> dict:
     """Run (or resume) ``cai reward`` into ``run_dir/reward``. Returns the manifest."""
     run_dir = Path(run_dir)
-    data_path = resolve_run_input(cfg.data, run_dir, PREFERENCE_ALIASES, field="data", command="cai reward")
-    pairs, data_info = load_preferences(data_path, label_field=cfg.label_field, column_map=cfg.column_map)
+    data_path, pairs, data_info = cfg.load_pairs(run_dir, "cai reward")
     base_path, base_label = resolve_model_path(cfg.model, field="model")
 
     def train(run: TrainingRun) -> Trained:
@@ -331,10 +341,7 @@ def run_reward(cfg: RewardStageConfig, run_dir: str | Path, *, overwrite: bool =
             model=model,
             args=args,
             data_collator=collator_cls(pad_token_id=tok.pad_token_id),
-            train_dataset=ds,
-            processing_class=tok,
-            peft_config=lora_config(cfg, "SEQ_CLS", modules_to_save=["score"]) if cfg.lora else None,
-            callbacks=run.callbacks(),
+            **run.trainer_inputs(cfg, tok, ds, task_type="SEQ_CLS", modules_to_save=["score"]),
         )
         fitted = run.fit(trainer)
         trained = trainer.accelerator.unwrap_model(trainer.model)

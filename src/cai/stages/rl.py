@@ -47,7 +47,7 @@ from cai.config import none_as_null
 from cai.data.readers import load_prompts
 from cai.errors import UserInputError
 from cai.train.logs import first_last, read_metrics
-from cai.train.models import load_causal_lm, load_tokenizer, lora_config, resolve_policy
+from cai.train.models import load_causal_lm, load_tokenizer, resolve_policy
 from cai.train.ppo import (  # noqa: F401 - the PPO pieces stay importable from here
     _batch_indices,
     completion_mask,
@@ -56,6 +56,7 @@ from cai.train.ppo import (  # noqa: F401 - the PPO pieces stay importable from 
     ppo_losses,
     ppo_train,
 )
+from cai.stages.reward import reward_model_of
 from cai.train.rl_metrics import METRIC_KEYS, RewardModelReward, refusal_classifier
 from cai.train.runner import Trained, TrainingRun, identity_config, run_training
 from cai.train.settings import TrainSettings
@@ -115,26 +116,6 @@ def _default_lr(cfg: RLStageConfig) -> float:
     return 2e-5 if cfg.lora else 1e-6
 
 
-def resolve_reward_model(cfg: RLStageConfig, run_dir: Path) -> Path:
-    from cai.stages.reward import resolve_reward_dir
-
-    if cfg.reward_model is None:
-        p = run_dir / "reward" / "model"
-        if not (p / "config.json").exists():
-            raise UserInputError(
-                f"reward_model: this run has no trained reward model ({p} does not exist).",
-                fix=f"run `cai reward --run {run_dir.name}` first (same --runs-dir), or pass --reward-model FOLDER.",
-            )
-        return p
-    p = resolve_reward_dir(cfg.reward_model)
-    if not (p / "config.json").exists():
-        raise UserInputError(
-            f"reward_model: '{cfg.reward_model}' is not a reward model folder (no config.json).",
-            fix="pass the folder written by `cai reward` (runs/RUN/reward/model).",
-        )
-    return p
-
-
 def load_rl_prompts(cfg: RLStageConfig, tok) -> tuple[list[dict], dict[str, int]]:
     """Red-team (+ helpful) prompts as rows {id, kind, prompt: [user message]}; prompts over max_length are left out."""
     red = load_prompts(cfg.prompts, split=cfg.prompt_split, column_map=cfg.column_map, limit=cfg.limit)
@@ -166,7 +147,7 @@ def run_rl(cfg: RLStageConfig, run_dir: str | Path, *, overwrite: bool = False, 
     """Run (or resume) ``cai rl`` into ``run_dir/rl``. Returns the manifest."""
     run_dir = Path(run_dir)
     policy_path, policy_label, policy_source = resolve_policy(cfg.policy, run_dir)
-    reward_path = resolve_reward_model(cfg, run_dir)
+    reward_path = reward_model_of(cfg.reward_model, run_dir)
 
     def train(run: TrainingRun) -> Trained:
         from cai.stages.reward import RewardScorer
@@ -238,10 +219,7 @@ def _trl_train(cfg: RLStageConfig, policy_path: Path, tok, rows: list[dict], rew
         model=load_causal_lm(policy_path, tok),
         reward_funcs=reward_fn,
         args=args,
-        train_dataset=Dataset.from_list(rows),
-        processing_class=tok,
-        peft_config=lora_config(cfg, "CAUSAL_LM") if cfg.lora else None,
-        callbacks=run.callbacks(),
+        **run.trainer_inputs(cfg, tok, Dataset.from_list(rows)),
     )
     fitted = run.fit(trainer)
     return trainer.accelerator.unwrap_model(trainer.model), fitted["training"], fitted["params"]

@@ -27,7 +27,7 @@ from cai.config import none_as_null
 from cai.errors import UserInputError
 from cai.seeding import rng
 from cai.train.data import as_messages, file_digest, resolve_run_input
-from cai.train.models import load_causal_lm, load_tokenizer, lora_config, resolve_model_path
+from cai.train.models import load_causal_lm, load_tokenizer, resolve_model_path
 from cai.train.runner import Trained, TrainingRun, identity_config, run_training
 from cai.train.settings import TrainSettings
 
@@ -181,10 +181,7 @@ def run_sft(
         trainer = SFTTrainer(
             model=load_causal_lm(base_path, tok),
             args=args,
-            train_dataset=ds,
-            processing_class=tok,
-            peft_config=lora_config(cfg, "CAUSAL_LM") if cfg.lora else None,
-            callbacks=run.callbacks(),
+            **run.trainer_inputs(cfg, tok, ds),
         )
         fitted = run.fit(trainer)
         by_source = {s: sum(r["source"] == s for r in kept) for s in ("revision", "helpful")}

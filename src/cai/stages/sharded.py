@@ -106,10 +106,11 @@ def cut_shards(items: Sequence[dict], shard_size: int, seed: int) -> list[Shard]
 
 def _validate(name: str, body: dict[str, Any]) -> None:
     try:
-        from cai.manifests import load_manifest
+        from cai.manifests import MANIFESTS, load_manifest
     except ImportError:
         return
-    load_manifest(name, body)
+    if name in MANIFESTS:
+        load_manifest(name, body)
 
 
 def run_sharded(

@@ -14,6 +14,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from cai.errors import UserInputError
 from cai.runs import file_digest  # noqa: F401 - the digest recorded for training data files
 
@@ -26,6 +28,29 @@ LABEL_FIELDS = ("p_chosen", "score_chosen", "score", "label")
 
 #: ``data: label`` / ``data: revise`` shorthands of the stages that train on preference pairs (reward, dpo).
 PREFERENCE_ALIASES = {"label": "label/preference.jsonl", "revise": "revise/preference.jsonl"}
+
+
+class PreferenceDataSettings(BaseModel):
+    """Where the preference pairs of ``cai reward`` and ``cai dpo`` come from, and which field holds the soft label."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: str = Field(
+        default="label",
+        description="'label' = this run's label/preference.jsonl, 'revise' = revise/preference.jsonl, or a file path",
+    )
+    column_map: dict[str, str] = Field(default_factory=dict, description="Our field -> your column, e.g. {chosen: good}")
+    label_field: str = Field(
+        default="auto",
+        description="Soft label P(chosen better): auto (p_chosen, score_chosen, score or label), none (hard labels), "
+        "or a field name",
+    )
+
+    def load_pairs(self, run_dir: Path, command: str) -> tuple[Path, list[dict[str, Any]], dict[str, Any]]:
+        """(file, pairs, counts) - the file resolved against this run, its pairs read by :func:`load_preferences`."""
+        path = resolve_run_input(self.data, run_dir, PREFERENCE_ALIASES, field="data", command=command)
+        pairs, info = load_preferences(path, label_field=self.label_field, column_map=self.column_map)
+        return path, pairs, info
 
 
 def resolve_run_input(value: str, run_dir: Path, aliases: dict[str, str], *, field: str, command: str) -> Path:

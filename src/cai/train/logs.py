@@ -6,19 +6,20 @@
 * :class:`StepReporter` - turns logging steps into the stage's progress (steps done of total, loss / reward / KL) for
   a callback, or into one plain line per logging step on stderr; never TRL's raw dicts or tqdm bars.
 * :func:`stage_log_callback` - a ``transformers.TrainerCallback`` writing each Trainer log record to ``metrics.jsonl``
-  and feeding a :class:`StepReporter`; :func:`quiet` removes the Trainer's own printer so nothing else reaches the
-  console.
+  and feeding a :class:`StepReporter`; :func:`quiet` removes the Trainer's own printers and :func:`no_library_bars`
+  the libraries' tqdm bars, so nothing else reaches the console.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from cai.data.io import atomic_write_text
 
@@ -185,6 +186,29 @@ def stage_log_callback(metrics_path: str | Path, reporter: StepReporter | None =
                 reporter.logged(int(state.global_step), row)
 
     return StageLog()
+
+
+@contextlib.contextmanager
+def no_library_bars() -> Iterator[None]:
+    """Within the block, transformers and datasets draw no tqdm bars (loading or writing weights, tokenizing)."""
+    from transformers.utils import logging as hf_logging
+
+    try:
+        from datasets.utils import logging as ds_logging
+    except ImportError:  # pragma: no cover - datasets is a dependency
+        ds_logging = None
+    hf_was = hf_logging.is_progress_bar_enabled()
+    ds_was = ds_logging.is_progress_bar_enabled() if ds_logging else False
+    hf_logging.disable_progress_bar()
+    if ds_logging:
+        ds_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if hf_was:
+            hf_logging.enable_progress_bar()
+        if ds_was:
+            ds_logging.enable_progress_bar()
 
 
 def quiet(trainer) -> None:

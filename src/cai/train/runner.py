@@ -40,8 +40,16 @@ from pathlib import Path
 from typing import Any, Callable
 
 from cai.runs import StageDir
-from cai.train.logs import StepReporter, final_loss, latest_checkpoint, quiet, stage_log_callback, trim_metrics
-from cai.train.models import lora_summary, param_counts, save_model_folder
+from cai.train.logs import (
+    StepReporter,
+    final_loss,
+    latest_checkpoint,
+    no_library_bars,
+    quiet,
+    stage_log_callback,
+    trim_metrics,
+)
+from cai.train.models import lora_config, lora_summary, param_counts, save_model_folder
 from cai.train.settings import TrainSettings, precision_name, resolve_device, resolve_report_to, trainer_kwargs
 
 #: Config fields that name where metrics go, not what is trained: they are left out of the stage's fingerprint, so
@@ -104,6 +112,17 @@ class TrainingRun:
         """Trainer callbacks: the stage log (metrics.jsonl + progress), then the caller's own."""
         return [stage_log_callback(self.metrics_path, self.reporter), *self.extra_callbacks]
 
+    def trainer_inputs(self, cfg: TrainSettings, tokenizer, dataset, *, task_type: str = "CAUSAL_LM",
+                       modules_to_save: list[str] | None = None) -> dict[str, Any]:
+        """The keyword arguments every TRL trainer of a stage takes besides the model and its config: the data, the
+        tokenizer, the LoRA config (when ``cfg.lora``) and :meth:`callbacks`."""
+        return {
+            "train_dataset": dataset,
+            "processing_class": tokenizer,
+            "peft_config": lora_config(cfg, task_type, modules_to_save=modules_to_save) if cfg.lora else None,
+            "callbacks": self.callbacks(),
+        }
+
     def fit(self, trainer) -> dict[str, Any]:
         """Train a Trainer (resuming when there is a checkpoint). Returns ``training`` and ``params`` for :class:`Trained`."""
         quiet(trainer)
@@ -145,10 +164,11 @@ class TrainingRun:
 def _validate(name: str, body: dict[str, Any]) -> None:
     """Check the manifest against its typed model when the typed manifests are available."""
     try:
-        from cai.manifests import load_manifest
+        from cai.manifests import MANIFESTS, load_manifest
     except ImportError:
         return
-    load_manifest(name, body)
+    if name in MANIFESTS:
+        load_manifest(name, body)
 
 
 def run_training(
@@ -197,9 +217,10 @@ def run_training(
             reporter=StepReporter(name, on_progress=on_progress, on_ready=on_ready, echo=progress),
             extra_callbacks=list(callbacks or []),
         )
-        trained = train(run)
-        save_model_folder(trained.model, trained.tokenizer, stage.path / "model",
-                          extra_json=trained.model_files or None)
+        with no_library_bars():
+            trained = train(run)
+            save_model_folder(trained.model, trained.tokenizer, stage.path / "model",
+                              extra_json=trained.model_files or None)
         body = {
             **trained.manifest,
             "lora": lora_summary(cfg),

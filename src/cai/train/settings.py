@@ -51,10 +51,10 @@ class TrainSettings(BaseModel):
     lora_target_modules: list[str] | str = Field(
         default="all-linear", description="Modules that get adapters: 'all-linear' or a list such as [q_proj, v_proj]"
     )
-    report_to: list[str] = Field(
-        default_factory=lambda: ["none"],
-        description="Experiment trackers that receive the training metrics: none, or any of wandb, tensorboard, "
-        "trackio, mlflow... (installed separately); a comma-separated string works too",
+    report_to: str = Field(
+        default="none",
+        description="Experiment trackers that receive the training metrics: none, all, or a comma-separated list such "
+        "as wandb,tensorboard (trackio, mlflow...; installed separately)",
     )
     run_name: str | None = Field(
         default=None, description="Name of the run in the experiment tracker (default: RUN/STAGE, e.g. demo/sft)"
@@ -62,11 +62,11 @@ class TrainSettings(BaseModel):
 
     @field_validator("report_to", mode="before")
     @classmethod
-    def _split_report_to(cls, v: Any) -> Any:
+    def _join_report_to(cls, v: Any) -> Any:
         if v is None:
-            return ["none"]
-        if isinstance(v, str):
-            v = [p.strip() for p in v.split(",") if p.strip()] or ["none"]
+            return "none"
+        if isinstance(v, (list, tuple)):  # YAML list form: [wandb, tensorboard]
+            return ",".join(str(x).strip() for x in v) or "none"
         return v
 
 
@@ -90,9 +90,9 @@ def precision_name(device: str) -> str:
     return "bf16-mixed" if use_bf16(device) else "fp32"
 
 
-def resolve_report_to(report_to: list[str]) -> list[str]:
-    """The trackers to use, checked: known to transformers and installed. ``[]`` when there are none."""
-    wanted = [r for r in report_to if r != "none"]
+def resolve_report_to(report_to: str) -> list[str]:
+    """The trackers named in ``report_to``, checked: known to transformers and installed. ``[]`` when there are none."""
+    wanted = [r for r in (p.strip() for p in report_to.split(",")) if r and r != "none"]
     if not wanted:
         return []
     from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK, get_available_reporting_integrations
