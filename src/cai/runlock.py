@@ -97,6 +97,11 @@ def acquire(folder: Path, *, what: str) -> StageLock:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             info = _read_info(fd)
+            for _ in range(50):  # the holder may have just taken the lock and not yet written its name
+                if info:
+                    break
+                time.sleep(0.01)
+                info = _read_info(fd)
             os.close(fd)
             pid = info.get("pid") if info else None
             raise UserInputError(
