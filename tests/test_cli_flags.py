@@ -6,6 +6,7 @@ import typing
 
 import pytest
 import typer
+from rich.markup import escape
 
 from cai import registry
 from cai.cli import options, stage_cmd
@@ -75,9 +76,13 @@ def test_help_shows_each_default_once_and_from_the_config(runner, stage):
         assert text.count("[default:") <= 1, (stage, p.name, text)
         assert not ("(default" in text and "[default:" in text), (stage, p.name, text)
     cls = registry.get(stage).config_class()
+    shown = " ".join(r.output.replace("│", " ").split())
+    for field, fi in cls.model_fields.items():  # rendered, not swallowed as markup
+        if fi.default not in (None, True, False) and type(fi.default) in (int, float, str):
+            assert f"[default: {fi.default}]" in shown or "(default" in (fi.description or ""), (stage, field)
     helps = {p.name: p.help for p in cmd.params}
     for field, fi in cls.model_fields.items():
-        assert (fi.description or "").rstrip(".") in helps["f_" + field]
+        assert escape((fi.description or "").rstrip(".")) in helps["f_" + field]
 
 
 def test_flags_override_the_file_and_set_reaches_nested_settings(tmp_path):

@@ -16,7 +16,8 @@ from typing import Annotated, Any, Literal, Optional
 
 import typer
 import yaml
-from pydantic import BaseModel, TypeAdapter
+from pydantic import BaseModel
+from rich.markup import escape
 from pydantic.fields import FieldInfo
 
 from cai.backends.spec import ModelSpec
@@ -59,6 +60,19 @@ def _is_model(t: Any) -> bool:
     )
 
 
+def _plain(value: Any) -> Any:
+    """A default as a user would write it in YAML (model specs in their one-line form)."""
+    if isinstance(value, ModelSpec):
+        return value.label()
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json", exclude_defaults=True)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
 def _default_text(fi: FieldInfo, kind: str) -> str | bool:
     value = fi.get_default(call_default_factory=True)
     if value is None or value == {} or value == []:
@@ -68,8 +82,7 @@ def _default_text(fi: FieldInfo, kind: str) -> str | bool:
     if kind == "bool":
         return "on" if value else "off"
     if isinstance(value, (list, tuple, dict)):
-        plain = TypeAdapter(fi.annotation).dump_python(value, mode="json")
-        return yaml.safe_dump(plain, default_flow_style=True, width=1000).strip()
+        return yaml.safe_dump(_plain(value), default_flow_style=True, width=1000).strip()
     return str(value)
 
 
@@ -94,7 +107,8 @@ def flags_for(cls: type[BaseModel], extra_aliases: dict[str, tuple[str, ...]] | 
             metavar = "FIELD=COLUMN" if name == "column_map" else ("NAME=SPEC" if _is_model(value_t) else "KEY=VALUE")
             decls = (*aliases, dashed) if aliases else (dashed,)
         else:
-            kind, ann, decls, metavar = "yaml", Optional[str], (dashed, *aliases), "YAML"
+            pair = typing.get_origin(t) is tuple and typing.get_args(t) == (float, float)
+            kind, ann, decls, metavar = "yaml", Optional[str], (dashed, *aliases), "LO,HI" if pair else "YAML"
         text = (fi.description or name.replace("_", " ")).rstrip(".")
         if kind == "pairs":
             text += "; repeatable"
@@ -113,7 +127,7 @@ def parameters(flags: list[Flag], panel: str = "Settings") -> list[inspect.Param
     for f in flags:
         shown = f.show_default is not False and "(default" not in f.help  # some descriptions name it already
         text = f"{f.help} [default: {f.show_default}]" if shown else f.help
-        opt = typer.Option(*f.decls, help=text, show_default=False, metavar=f.metavar, rich_help_panel=panel)
+        opt = typer.Option(*f.decls, help=escape(text), show_default=False, metavar=f.metavar, rich_help_panel=panel)
         out.append(inspect.Parameter(f.param, inspect.Parameter.KEYWORD_ONLY, default=None,
                                      annotation=Annotated[f.annotation, opt]))
     return out
