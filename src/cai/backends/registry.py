@@ -7,6 +7,7 @@ from typing import Callable
 
 from cai.backends.base import Backend
 from cai.backends.spec import BACKENDS, ModelSpec
+from cai.backends.teacher import TEACHER_NAME
 from cai.errors import ConfigError
 
 _FACTORIES: dict[str, Callable[[ModelSpec], Backend]] = {}
@@ -36,16 +37,36 @@ def _fake(spec: ModelSpec) -> Backend:
 
 @register_backend("transformers")
 def _transformers(spec: ModelSpec) -> Backend:
-    from cai.backends.embedded import EMBEDDED_MODEL_ID, EMBEDDED_NAME, embedded_model_dir
+    from cai.backends.embedded import EMBEDDED_MODEL_ID, EMBEDDED_NAME, embedded_gguf_info, embedded_model_dir
+    from cai.backends.gguf import GGUFTransformersBackend, is_gguf_file, looks_like_gguf, transformers_from_gguf
     from cai.backends.transformers_backend import TransformersBackend
 
+    opts = dict(device=spec.device, dtype=spec.dtype, batch_size=spec.batch_size, prefix_cache=spec.prefix_cache)
     if spec.model == EMBEDDED_NAME:
-        path, mid = str(embedded_model_dir()), EMBEDDED_MODEL_ID
-    else:
-        path, mid = os.path.expanduser(spec.model), spec.model
-    return TransformersBackend(
-        path, model_id=mid, device=spec.device, dtype=spec.dtype, batch_size=spec.batch_size, prefix_cache=spec.prefix_cache
-    )
+        return GGUFTransformersBackend(
+            str(embedded_model_dir()), gguf_info=embedded_gguf_info(), model_id=EMBEDDED_MODEL_ID, **opts
+        )
+    if spec.model == TEACHER_NAME:
+        from cai.backends.teacher import TEACHER_MODEL_ID, teacher_gguf, teacher_info
+
+        return transformers_from_gguf(str(teacher_gguf()), model_id=TEACHER_MODEL_ID, gguf_info=teacher_info(), **opts)
+    path = os.path.expanduser(spec.model)
+    if looks_like_gguf(spec.model) or is_gguf_file(path):
+        return transformers_from_gguf(spec.model, **opts)
+    return TransformersBackend(path, model_id=spec.model, **opts)
+
+
+@register_backend("llamacpp")
+def _llamacpp(spec: ModelSpec) -> Backend:
+    from cai.backends.gguf import describe_gguf, resolve_gguf
+    from cai.backends.llamacpp import LlamaCppBackend
+
+    if spec.model == TEACHER_NAME:
+        from cai.backends.teacher import TEACHER_MODEL_ID, teacher_gguf, teacher_info
+
+        return LlamaCppBackend(teacher_gguf(), model_id=TEACHER_MODEL_ID, gguf_info=teacher_info())
+    path = resolve_gguf(spec.model)
+    return LlamaCppBackend(path, model_id=spec.model, gguf_info=describe_gguf(path))
 
 
 @register_backend("openai")

@@ -4,6 +4,9 @@ In YAML a role is one line, either a mapping or a shorthand string::
 
     critic: embedded                                   # the embedded SmolLM2 (default)
     critic: ./checkpoints/my-model                     # a local Hugging Face folder
+    critic: gguf:/models/m.gguf                        # a GGUF file (or a bare .gguf path), converted once
+    critic: llamacpp:/models/m.gguf                    # a GGUF file run by llama.cpp (optional extra)
+    critic: teacher                                    # the local teacher (scripts/setup_teacher.sh)
     critic: openai:Qwen/Qwen2.5-7B-Instruct@http://localhost:8000/v1   # any OpenAI-compatible server
     critic: fake                                       # deterministic scripted backend (tests, dry runs)
     critic: {backend: openai, model: llama3.1, base_url: http://localhost:11434/v1}
@@ -17,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from cai.redact import redact_url
 
-BACKENDS = ("transformers", "openai", "fake")
+BACKENDS = ("transformers", "openai", "llamacpp", "fake")
 
 
 class ModelSpec(BaseModel):
@@ -25,10 +28,15 @@ class ModelSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    backend: Literal["transformers", "openai", "fake"] = Field(
-        default="transformers", description="transformers (local folder or embedded), openai (any compatible server), fake"
+    backend: Literal["transformers", "openai", "llamacpp", "fake"] = Field(
+        default="transformers",
+        description="transformers (local folder, GGUF file or embedded), openai (any compatible server), "
+        "llamacpp (a GGUF file run natively by llama.cpp, optional extra), fake",
     )
-    model: str = Field(default="embedded", description="'embedded', a local HF folder, or the server's model name")
+    model: str = Field(
+        default="embedded",
+        description="'embedded', 'teacher', a local HF folder, a .gguf file (gguf:/path), or the server's model name",
+    )
     base_url: str = Field(default="http://localhost:8000/v1", description="OpenAI-compatible server URL (backend openai)")
     api_key_env: str = Field(default="OPENAI_API_KEY", description="Environment variable holding the API key")
     device: str = Field(default="auto", description="transformers: cpu, cuda, cuda:1 or auto")
@@ -65,6 +73,8 @@ class ModelSpec(BaseModel):
             return f"openai:{self.model}@{redact_url(self.base_url)}"  # never a password in a record
         if self.backend == "fake":
             return "fake"
+        if self.backend == "llamacpp":
+            return f"llamacpp:{self.model}"
         return self.model
 
 
@@ -78,6 +88,12 @@ def parse_shorthand(text: str) -> dict:
             model, url = rest.split("@", 1)
             return {"backend": "openai", "model": model, "base_url": url}
         return {"backend": "openai", "model": rest}
+    if text.startswith("llamacpp:"):
+        return {"backend": "llamacpp", "model": text[len("llamacpp:") :]}
+    if text == "teacher":  # the local teacher: llama.cpp when installed, else transformers (see backends/teacher.py)
+        from cai.backends.teacher import llamacpp_available
+
+        return {"backend": "llamacpp" if llamacpp_available() else "transformers", "model": "teacher"}
     if text.startswith("transformers:"):
         text = text[len("transformers:") :]
     return {"backend": "transformers", "model": text}
