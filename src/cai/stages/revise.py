@@ -12,12 +12,13 @@ from typing import Callable
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from cai.backends.base import Backend, GenParams
 from cai.backends.registry import BackendPool
 from cai.backends.spec import ModelSpec
 from cai.constitution import load_constitution
+from cai.config import none_as_null
 from cai.constitution.schema import Constitution
 from cai.progress import Progress
 from cai.data.readers import load_prompts
@@ -46,6 +47,7 @@ class ReviseConfig(BaseModel):
     column_map: dict[str, str] = Field(default_factory=dict, description="Our field -> your column, e.g. {prompt: question}")
     limit: int | None = Field(default=None, ge=1, description="Use only the first N red-team prompts")
     helpful: str | None = Field(default="helpful", description="Helpful prompts answered by the policy for SFT mixing; null to skip")
+    _helpful_none = field_validator("helpful", mode="before")(none_as_null)  # `--helpful none` means null
     helpful_limit: int | None = Field(default=None, ge=0, description="Use only the first N helpful prompts")
     rounds: int = Field(default=4, ge=1, le=16, description="Critique-revision rounds per prompt (the CAI paper used 4)")
     mode: Literal["critique", "direct"] = Field(
