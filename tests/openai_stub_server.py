@@ -4,7 +4,13 @@
 ``GET /v1/models`` lists :attr:`StubServer.models`. Behaviour can be scripted:
 
 * :meth:`StubServer.script` queues one action per coming chat request: ``("status", code, body, headers)`` answers
-  with that status, ``("sleep", seconds)`` sleeps before answering normally.
+  with that status, ``("sleep", seconds)`` sleeps before answering normally, ``("message", message, finish_reason)``
+  answers HTTP 200 with that ``message`` object (``None`` leaves it out) and finish reason.
+* :attr:`StubServer.reject_fields` names request fields the server refuses, as OpenAI does, with HTTP 400 (or
+  :attr:`StubServer.reject_status`) naming the field.
+* :attr:`StubServer.answer_model` when set is the ``model`` the responses name (instead of the requested one).
+* With ``temperature > 0`` the echo ends with ``[seed N]`` (the request's seed), so samples with different seeds
+  differ, as on a real server.
 * :attr:`StubServer.delay_fn` ``(payload) -> seconds`` delays every answer (to exercise concurrency).
 * :attr:`StubServer.top_logprobs` ``[(token, logprob), ...]`` is returned when the request asks for logprobs;
   ``None`` returns no ``logprobs`` field at all.
@@ -29,6 +35,9 @@ class StubServer:
         self.api_key: str | None = None
         self.delay_fn: Callable[[dict], float] | None = None
         self.top_logprobs: list[tuple[str, float]] | None = None
+        self.reject_fields: set[str] = set()
+        self.reject_status = 400
+        self.answer_model: str | None = None
         self.requests: list[dict] = []
         self.headers: list[dict[str, str]] = []
         self.chat_hits = 0
@@ -82,6 +91,10 @@ class StubServer:
                 return code, extra_headers, body
             if action is not None and action[0] == "sleep":
                 time.sleep(action[1])
+            for f in sorted(self.reject_fields):
+                if f in payload:
+                    msg = f"Unrecognized request argument supplied: {f}"
+                    return self.reject_status, {}, {"error": {"message": msg, "type": "invalid_request_error"}}
             if self.delay_fn is not None:
                 time.sleep(self.delay_fn(payload))
             if self.api_key is not None and headers.get("authorization") != f"Bearer {self.api_key}":
@@ -89,7 +102,15 @@ class StubServer:
             if payload.get("model") not in self.models:
                 msg = f"The model `{payload.get('model')}` does not exist."
                 return 404, {}, {"error": {"message": msg, "type": "NotFoundError", "code": 404}}
-            return 200, {}, self._completion(payload)
+            body = self._completion(payload)
+            if action is not None and action[0] == "message":
+                _, message, finish = action
+                choice = body["choices"][0]
+                choice.pop("message")
+                if message is not None:
+                    choice["message"] = message
+                choice["finish_reason"] = finish
+            return 200, {}, body
         finally:
             with self._lock:
                 self.in_flight -= 1
@@ -98,6 +119,8 @@ class StubServer:
         messages = payload["messages"]
         last_user = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
         words = f"echo: {last_user}".split()
+        if (payload.get("temperature") or 0) > 0:
+            words += ["[seed", f"{payload.get('seed')}]"]
         finish = "stop"
         max_tokens = payload.get("max_tokens")
         if max_tokens is not None and len(words) > max_tokens:
@@ -115,7 +138,7 @@ class StubServer:
         return {
             "id": "chatcmpl-stub",
             "object": "chat.completion",
-            "model": payload.get("model"),
+            "model": self.answer_model or payload.get("model"),
             "choices": [choice],
             "usage": {
                 "prompt_tokens": sum(len(m["content"].split()) for m in messages),

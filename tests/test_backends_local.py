@@ -67,3 +67,42 @@ def test_sampling_is_seeded(backend):
     conv = [[{"role": "user", "content": "Write a word."}]] * 2
     p = GenParams(max_new_tokens=8, temperature=1.0, seed=7)
     assert [c.text for c in backend.generate(conv, p)] == [c.text for c in backend.generate(conv, p)]
+
+
+@pytest.mark.realmodel
+def test_each_request_has_its_own_seed(backend):
+    k = [[{"role": "user", "content": "Name an animal."}]] * 4
+    p = GenParams(max_new_tokens=6, temperature=1.0, seed=3)
+    four = [c.text for c in backend.generate(k, p)]
+    assert len(set(four)) > 1  # the K samples of one prompt differ
+    # request i's sample depends on its seed only, not on the batch around it
+    assert [c.text for c in backend.generate(k[:2], p)] == four[:2]
+    explicit = backend.generate(k[:2], GenParams(max_new_tokens=6, temperature=1.0, seeds=[p.seed_for(1), p.seed_for(0)]))
+    assert [c.text for c in explicit] == [four[1], four[0]]
+
+
+@pytest.mark.realmodel
+def test_stop_strings_end_generation_and_token_counts(backend):
+    conv = [[{"role": "user", "content": "Write the numbers from 1 to 30, separated by commas."}]]
+    free = backend.generate(conv, GenParams(max_new_tokens=40))[0]
+    assert "5" in free.text
+    stop = free.text[free.text.index("5") :][:2]
+    (c,) = backend.generate(conv, GenParams(max_new_tokens=40, stop=[stop]))
+    assert stop not in c.text and free.text.startswith(c.text)
+    assert c.finish_reason == "stop"
+    assert c.completion_tokens < free.completion_tokens  # generation ended there, as on a server
+
+
+@pytest.mark.realmodel
+def test_empty_answer_is_retried_then_a_failed_row(backend):
+    from cai.backends.transformers_backend import TransformersBackend
+
+    mute = TransformersBackend("unused", model=backend.model, tokenizer=backend.tok, batch_size=4, empty_retries=2)
+    mute.eos_ids = set(range(backend.model.config.vocab_size))  # every token ends the answer: nothing comes out
+    conv = [[{"role": "user", "content": "Hi"}]]
+    (g,) = mute.generate(conv, GenParams(max_new_tokens=4))
+    assert g.failed and g.text == "" and "ended its answer at once" in g.error and "1 attempt(s)" in g.error
+    (s,) = mute.generate(conv, GenParams(max_new_tokens=4, temperature=1.0, seed=1))
+    assert s.failed and "3 attempt(s)" in s.error
+    st = mute.stats
+    assert (st.failed_requests, st.retries, st.empty_completions) == (2, 2, 4)

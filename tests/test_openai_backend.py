@@ -73,7 +73,8 @@ def test_request_payload_and_completion_fields(server, make_backend):
     p = server.requests[-1]
     assert p["model"] == "stub-model"
     assert p["messages"] == conv("one two three four")
-    assert (p["max_tokens"], p["temperature"], p["top_p"], p["seed"], p["stop"]) == (3, 0.7, 0.9, 11, ["\n\n"])
+    assert (p["max_tokens"], p["temperature"], p["top_p"], p["seed"], p["stop"]) == (3, 0.7, 0.9, params.seed_for(0), ["\n\n"])
+    assert "repetition_penalty" not in p and "continue_final_message" not in p
     assert c.text == "echo: one two"
     assert c.finish_reason == "length"
     assert (c.prompt_tokens, c.completion_tokens) == (6, 3)
@@ -88,8 +89,11 @@ def test_trailing_assistant_prefill_is_sent_as_is(server, make_backend):
     b = make_backend()
     c = conv("pick one") + [{"role": "assistant", "content": "The answer is ("}]
     b.generate([c], GenParams())
-    assert server.requests[-1]["messages"][-1] == {"role": "assistant", "content": "The answer is ("}
-    assert len(server.requests[-1]["messages"]) == 3
+    p = server.requests[-1]
+    assert p["messages"][-1] == {"role": "assistant", "content": "The answer is ("}
+    assert len(p["messages"]) == 3
+    # vLLM's extension fields that make the server continue the final assistant turn
+    assert (p["continue_final_message"], p["add_generation_prompt"]) == (True, False)
 
 
 def test_stats_are_updated(server, make_backend):
@@ -247,3 +251,98 @@ def test_option_logprobs_needs_one_option_list_per_conversation(server, make_bac
     b = make_backend()
     with pytest.raises(ModelError):
         b.option_logprobs([conv("a"), conv("b")], [["A"]])
+
+
+# --- every GenParams field reaches the server or is reported -------------------------------------------------------
+def test_each_request_gets_its_own_reproducible_seed(server, make_backend):
+    b = make_backend(max_concurrency=4)
+    params = GenParams(max_new_tokens=50, temperature=1.0, seed=3)
+    k_samples = [conv("same prompt")] * 4
+    first = [c.text for c in b.generate(k_samples, params)]
+    seeds = sorted(p["seed"] for p in server.requests)
+    assert len(set(seeds)) == 4 and seeds == sorted(params.seed_for(i) for i in range(4))
+    assert len(set(first)) == 4  # the K samples of one prompt differ
+    assert [c.text for c in b.generate(k_samples, params)] == first  # and a rerun repeats them
+    other = [c.text for c in b.generate(k_samples, GenParams(max_new_tokens=50, temperature=1.0, seed=4))]
+    assert not set(other) & set(first)
+    explicit = b.generate([conv("x"), conv("y")], GenParams(temperature=1.0, seeds=[5, 9]))
+    assert [c.text.split()[-1] for c in explicit] == ["5]", "9]"]
+
+
+def test_repetition_penalty_is_sent_as_extension_field(server, make_backend):
+    b = make_backend()
+    b.generate([conv("loop")], GenParams(repetition_penalty=1.3))
+    assert server.requests[-1]["repetition_penalty"] == 1.3
+    assert b.stats.not_applied == {} and "not_applied" not in b.describe()
+
+
+@pytest.mark.parametrize("status", [400, 422])
+def test_rejected_repetition_penalty_falls_back_once_and_is_recorded(server, make_backend, status):
+    server.reject_fields = {"repetition_penalty"}
+    server.reject_status = status
+    b = make_backend(max_concurrency=1)
+    out = b.generate([conv("a"), conv("b"), conv("c")], GenParams(repetition_penalty=1.3))
+    assert [c.text for c in out] == ["echo: a", "echo: b", "echo: c"]
+    assert server.chat_hits == 4  # one rejected request, then three without the field
+    assert all("repetition_penalty" not in p for p in server.requests[1:])
+    why = b.stats.not_applied["repetition_penalty"]
+    assert "rejected `repetition_penalty`" in why and f"HTTP {status}" in why and "Unrecognized request argument" in why
+    assert b.describe()["not_applied"] == b.stats.not_applied
+    assert b.stats.retries == 1
+
+
+def test_rejected_prefill_fields_are_recorded_as_prefill_not_applied(server, make_backend):
+    server.reject_fields = {"continue_final_message"}
+    b = make_backend()
+    (c,) = b.generate([conv("pick") + [{"role": "assistant", "content": "The answer is ("}]], GenParams())
+    assert c.text == "echo: pick"
+    assert "continue_final_message" not in server.requests[-1] and "add_generation_prompt" not in server.requests[-1]
+    assert "assistant_prefill" in b.describe()["not_applied"]
+    server.top_logprobs = [("A", -0.1)]
+    assert b.option_logprobs([conv("pick") + [{"role": "assistant", "content": "("}]], [["A"]]) == [[pytest.approx(-0.1)]]
+    assert "continue_final_message" not in server.requests[-1]
+    assert server.chat_hits == 3  # the field is not tried again
+
+
+# --- empty completions are failed rows, never answers ---------------------------------------------------------------
+@pytest.mark.parametrize(
+    "message, finish, why",
+    [
+        ({"role": "assistant", "content": None}, "stop", "no content"),
+        ({"role": "assistant", "content": ""}, "stop", "empty string"),
+        ({"role": "assistant", "content": "  \n"}, "stop", "blank"),
+        ({"role": "assistant"}, "stop", "no content"),
+        (None, "stop", "no content"),
+        ({"role": "assistant", "content": "partial"}, "content_filter", "content_filter"),
+    ],
+)
+def test_empty_completion_is_retried_then_a_failed_row(server, make_backend, message, finish, why):
+    server.script(*[("message", message, finish)] * 3)
+    b = make_backend(empty_retries=2, max_concurrency=1)
+    out = b.generate([conv("bad"), conv("good")], GenParams(temperature=0.5, seed=1))
+    bad, good = out
+    assert bad.failed and bad.finish_reason == "error" and bad.text == ""
+    assert why in bad.error and "3 attempt(s)" in bad.error
+    assert good.text.startswith("echo: good") and not good.failed and good.error is None
+    s = b.stats
+    assert (s.empty_completions, s.failed_requests, s.retries) == (3, 1, 2)
+    seeds = [p.get("seed") for p in server.requests if p["messages"][-1]["content"] == "bad"]
+    assert len(set(seeds)) == 3  # each retry samples with a seed of its own
+
+
+def test_empty_completion_recovers_on_retry(server, make_backend):
+    server.script(("message", {"role": "assistant", "content": None}, "stop"))
+    b = make_backend()
+    (c,) = b.generate([conv("flaky")], GenParams())
+    assert c.text == "echo: flaky" and not c.failed
+    assert (b.stats.empty_completions, b.stats.failed_requests, b.stats.retries) == (1, 0, 1)
+
+
+def test_response_naming_another_model_is_recorded(server, make_backend):
+    server.answer_model = "stub-model-2026-01-01"
+    b = make_backend()
+    b.generate([conv("a"), conv("b")], GenParams())
+    server.top_logprobs = [("A", -0.1)]
+    b.option_logprobs([conv("c")], [["A"]])
+    assert b.stats.model_mismatches == {"stub-model-2026-01-01": 3}
+    assert b.stats.as_dict()["model_mismatches"] == {"stub-model-2026-01-01": 3}

@@ -14,10 +14,25 @@ Failures:
   whose body mentions the model), a rejected API key (401/403) and other 4xx answers are not retried: they raise a
   :class:`~cai.errors.ModelError` at once, with the fix.
 
-Assistant prefill: a conversation whose last message has role ``assistant`` is sent as-is. Servers that support
-continuing the final message honour it (for vLLM that also needs ``continue_final_message``/``add_generation_prompt``
-on the server side or in its chat template); others, OpenAI included, treat it as a finished turn and answer after
-it. Callers that depend on prefill should therefore parse the answer defensively.
+Sampling parameters (every :class:`~cai.backends.base.GenParams` field reaches the server or is reported):
+
+* ``max_new_tokens`` -> ``max_tokens``; ``temperature``, ``top_p`` and ``stop`` as they are.
+* seeds are per request: request ``i`` of a call gets ``seed = params.seed_for(i)`` (derived from the call's seed),
+  so K samples of one prompt differ and a rerun repeats them; with ``seed=None`` no seed is sent.
+* ``repetition_penalty`` (when not 1) is sent as the extension field of that name (vLLM, llama.cpp and others).
+* assistant prefill: a conversation whose last message has role ``assistant`` is sent with
+  ``continue_final_message: true, add_generation_prompt: false`` (vLLM's extension fields), so the server continues
+  that turn instead of answering after it.
+
+A server that rejects one of these optional fields (HTTP 400 or 422 whose body names it) gets the request once more
+without it, and every later request goes without it; ``stats.not_applied`` and :meth:`OpenAIBackend.describe` list
+the field and the server's reason, so manifests show it. Servers that ignore unknown fields silently (Ollama, for
+one) cannot be detected: callers that depend on prefill parse the answer defensively.
+
+Empty completions: content ``null``, missing, blank, or ``finish_reason: content_filter`` are not answers. The request
+is sent again (``empty_retries`` times, with a seed derived for each attempt) and then returned as a failed row:
+``finish_reason="error"`` with the reason in ``Completion.error``. A response that names another model than the one
+requested is counted in ``stats.model_mismatches``.
 
 The API key comes from ``api_key`` or, when that is ``None``, from the environment variable ``api_key_env``; with
 neither, no ``Authorization`` header is sent (local servers usually need none). The key never appears in
@@ -26,9 +41,7 @@ neither, no ``Authorization`` header is sent (local servers usually need none). 
 
 from __future__ import annotations
 
-import email.utils
 import json
-import math
 import os
 import random
 import threading
@@ -38,45 +51,21 @@ from typing import Any, Callable, TypeVar
 
 import httpx
 
-from cai.backends.base import Backend, Completion, Conversation, GenParams
+from cai.backends.base import Backend, Completion, Conversation, GenParams, empty_reason, failed_completion
+from cai.backends.openai_http import FIELD_RE as _FIELD_RE
+from cai.backends.openai_http import OPTIONAL_FIELDS as _OPTIONAL_FIELDS
+from cai.backends.openai_http import FieldRejected as _FieldRejected
+from cai.backends.openai_http import Retryable as _Retryable
+from cai.backends.openai_http import http_error, retry_after, unknown_model_error
+from cai.backends.openai_http import logsumexp as _logsumexp
+from cai.backends.openai_http import normalize_option as _normalize_option
+from cai.backends.openai_http import snippet as _snippet
 from cai.errors import ModelError
 
 T = TypeVar("T")
 
-_SNIPPET_CHARS = 300
 _MAX_BACKOFF_S = 30.0
 
-
-def _snippet(text: str) -> str:
-    text = " ".join(text.split())
-    if len(text) > _SNIPPET_CHARS:
-        return text[:_SNIPPET_CHARS] + "..."
-    return text
-
-
-def _normalize_option(text: str) -> str:
-    """Strip whitespace and one leading ``(``: ``" A"``, ``"(A"`` and ``"A"`` all become ``"A"``."""
-    text = text.strip()
-    if text.startswith("("):
-        text = text[1:].strip()
-    return text
-
-
-def _logsumexp(values: list[float]) -> float:
-    m = max(values)
-    if m == -math.inf:
-        return m
-    return m + math.log(sum(math.exp(v - m) for v in values))
-
-
-class _Retryable(Exception):
-    """One attempt failed in a way worth retrying."""
-
-    def __init__(self, status: str, body: str = "", retry_after: float | None = None):
-        super().__init__(status)
-        self.status = status
-        self.body = body
-        self.retry_after = retry_after
 
 
 class OpenAIBackend(Backend):
@@ -102,6 +91,7 @@ class OpenAIBackend(Backend):
         timeout_s: float = 60.0,
         max_retries: int = 4,
         backoff_s: float = 0.5,
+        empty_retries: int = 2,
     ):
         super().__init__(model)
         if max_concurrency < 1:
@@ -114,8 +104,9 @@ class OpenAIBackend(Backend):
         self.timeout_s = timeout_s
         self.max_retries = max(0, max_retries)
         self.backoff_s = backoff_s
-        #: Attempts that failed and were retried (all calls together).
-        self.retries = 0
+        self.empty_retries = max(0, empty_retries)
+        #: Optional fields the server refused: they are no longer sent.
+        self._dropped: set[str] = set()
         self._lock = threading.Lock()
         headers = {"Content-Type": "application/json"}
         if self._api_key:
@@ -128,8 +119,16 @@ class OpenAIBackend(Backend):
 
     # ------------------------------------------------------------------ public API
 
+    @property
+    def retries(self) -> int:
+        """Requests sent again, all calls together (same as ``stats.retries``)."""
+        return self.stats.retries
+
     def describe(self) -> dict:
-        return {"backend": self.name, "model": self.model, "base_url": self.base_url}
+        d = {"backend": self.name, "model": self.model, "base_url": self.base_url}
+        if self.stats.not_applied:
+            d["not_applied"] = dict(self.stats.not_applied)
+        return d
 
     def close(self) -> None:
         self._client.close()
@@ -143,13 +142,18 @@ class OpenAIBackend(Backend):
     def generate(self, conversations: list[Conversation], params: GenParams) -> list[Completion]:
         """One chat completion per conversation, sent concurrently; the result is in input order.
 
-        Sends ``max_tokens``, ``temperature``, ``top_p``, and ``seed``/``stop`` when set. Token counts come from the
-        server's ``usage`` (0 when it sends none); ``finish_reason`` is ``"length"`` when the server says so and
-        ``"stop"`` otherwise. Any request that fails for good raises :class:`~cai.errors.ModelError`.
+        Sends ``max_tokens``, ``temperature``, ``top_p``, a per-request ``seed`` and ``stop`` when set,
+        ``repetition_penalty`` when not 1 and the prefill fields for a trailing assistant turn (see the module
+        docstring). Token counts come from the server's ``usage`` (0 when it sends none); ``finish_reason`` is
+        ``"length"`` when the server says so, ``"error"`` for an empty or filtered completion after its retries, and
+        ``"stop"`` otherwise. The text is stripped of surrounding whitespace, as on the local backend. A request that
+        fails for good at the transport level raises :class:`~cai.errors.ModelError`.
         """
+        if params.seeds is not None and len(params.seeds) != len(conversations):
+            raise ModelError(f"GenParams.seeds has {len(params.seeds)} seed(s) for {len(conversations)} conversation(s)")
         t0 = time.perf_counter()
         try:
-            return self._map(lambda conv: self._complete(conv, params), conversations)
+            return self._map(lambda i, conv: self._complete(conv, params, i), conversations)
         finally:
             with self._lock:
                 self.stats.calls += 1
@@ -170,7 +174,7 @@ class OpenAIBackend(Backend):
         """
         if len(conversations) != len(options):
             raise ModelError("option_logprobs needs one option list per conversation")
-        tops = self._map(self._top_logprobs, conversations)
+        tops = self._map(lambda i, conv: self._top_logprobs(conv), conversations)
         out: list[list[float | None]] = []
         for top, opts in zip(tops, options):
             row: list[float | None] = []
@@ -194,14 +198,14 @@ class OpenAIBackend(Backend):
 
     # ------------------------------------------------------------------ internals
 
-    def _map(self, fn: Callable[[Conversation], T], conversations: list[Conversation]) -> list[T]:
+    def _map(self, fn: Callable[[int, Conversation], T], conversations: list[Conversation]) -> list[T]:
         if not conversations:
             return []
         if len(conversations) == 1 or self.max_concurrency == 1:
-            return [fn(c) for c in conversations]
+            return [fn(i, c) for i, c in enumerate(conversations)]
         pool = ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(conversations)))
         try:
-            futures = [pool.submit(fn, c) for c in conversations]
+            futures = [pool.submit(fn, i, c) for i, c in enumerate(conversations)]
             return [f.result() for f in futures]
         finally:
             # On the first failure, drop requests that have not started yet.
@@ -220,36 +224,86 @@ class OpenAIBackend(Backend):
 
     def _payload(self, conv: Conversation, **extra: Any) -> dict:
         messages = [{"role": m["role"], "content": m["content"]} for m in conv]
-        return {"model": self.model, "messages": messages, **extra}
+        payload = {"model": self.model, "messages": messages, **extra}
+        if conv and conv[-1]["role"] == "assistant":
+            payload["continue_final_message"] = True
+            payload["add_generation_prompt"] = False
+        return payload
 
-    def _complete(self, conv: Conversation, params: GenParams) -> Completion:
-        extra: dict[str, Any] = {
-            "max_tokens": params.max_new_tokens,
-            "temperature": params.temperature,
-            "top_p": params.top_p,
-        }
-        if params.seed is not None:
-            extra["seed"] = params.seed
-        if params.stop:
-            extra["stop"] = list(params.stop)
-        body = self._post("/chat/completions", self._payload(conv, **extra))
-        choice = self._first_choice(body)
-        message = choice.get("message") or {}
-        text = message.get("content") if isinstance(message, dict) else None
-        p, c = self._count(body.get("usage"))
-        finish = "length" if choice.get("finish_reason") == "length" else "stop"
-        return Completion(text=text or "", prompt_tokens=p, completion_tokens=c, finish_reason=finish)
+    def _send(self, payload: dict) -> dict:
+        """POST a chat request; optional fields the server refuses are dropped (once, for good) and recorded."""
+        while True:
+            with self._lock:
+                dropped = set(self._dropped)
+            body = {k: v for k, v in payload.items() if k not in dropped}
+            try:
+                return self._post("/chat/completions", body)
+            except _FieldRejected as e:
+                with self._lock:
+                    what = _OPTIONAL_FIELDS[e.field]  # fields that work together (prefill) are dropped together
+                    self._dropped.update(f for f, w in _OPTIONAL_FIELDS.items() if w == what)
+                    self.stats.retries += 1
+                    self.stats.not_applied.setdefault(
+                        what, f"the server rejected `{e.field}` (HTTP {e.status}: {_snippet(e.body)}); sent without it"
+                    )
+
+    def _note_model(self, body: Any) -> None:
+        got = body.get("model") if isinstance(body, dict) else None
+        if isinstance(got, str) and got and got != self.model:
+            with self._lock:
+                self.stats.model_mismatches[got] = self.stats.model_mismatches.get(got, 0) + 1
+
+    def _complete(self, conv: Conversation, params: GenParams, index: int) -> Completion:
+        reason = "empty completion"
+        p = c = 0
+        for attempt in range(self.empty_retries + 1):
+            if attempt:
+                with self._lock:
+                    self.stats.retries += 1
+            extra: dict[str, Any] = {
+                "max_tokens": params.max_new_tokens,
+                "temperature": params.temperature,
+                "top_p": params.top_p,
+            }
+            seed = params.seed_for(index, attempt)
+            if seed is not None:
+                extra["seed"] = seed
+            if params.stop:
+                extra["stop"] = list(params.stop)
+            if params.repetition_penalty != 1.0:
+                extra["repetition_penalty"] = params.repetition_penalty
+            body = self._send(self._payload(conv, **extra))
+            self._note_model(body)
+            choice = self._first_choice(body)
+            message = choice.get("message")
+            text = message.get("content") if isinstance(message, dict) else None
+            p, c = self._count(body.get("usage"))
+            finish = choice.get("finish_reason")
+            if finish == "content_filter":
+                reason = "the server filtered the completion (finish_reason content_filter)"
+            else:
+                reason = empty_reason(text if isinstance(text, str) or text is None else str(text))
+            if reason is None:
+                assert isinstance(text, str)
+                return Completion(text=text.strip(), prompt_tokens=p, completion_tokens=c,
+                                  finish_reason="length" if finish == "length" else "stop")
+            with self._lock:
+                self.stats.empty_completions += 1
+        with self._lock:
+            self.stats.failed_requests += 1
+        return failed_completion(f"{reason}; {self.empty_retries + 1} attempt(s)", p, c)
 
     def _top_logprobs(self, conv: Conversation) -> dict[str, float] | None:
         payload = self._payload(conv, max_tokens=1, temperature=0, logprobs=True, top_logprobs=20)
         try:
-            body = self._post("/chat/completions", payload)
+            body = self._send(payload)
         except ModelError as e:
             # A server without log-probability support: score nothing, let the caller parse text instead.
             if getattr(e, "status", None) == 400 and "logprob" in getattr(e, "body", "").lower():
                 return None
             raise
         self._count(body.get("usage"))
+        self._note_model(body)
         choice = self._first_choice(body)
         lp = choice.get("logprobs")
         content = lp.get("content") if isinstance(lp, dict) else None
@@ -289,7 +343,7 @@ class OpenAIBackend(Backend):
         for attempt in range(self.max_retries + 1):
             if attempt:
                 with self._lock:
-                    self.retries += 1
+                    self.stats.retries += 1
                 self._sleep_before_retry(attempt - 1, last.retry_after if last else None)
             try:
                 return self._attempt(url, payload)
@@ -330,14 +384,14 @@ class OpenAIBackend(Backend):
                     fix="check that base_url points at an OpenAI-compatible server (it usually ends in /v1)",
                 ) from e
         if status == 429 or status >= 500:
-            raise _Retryable(f"HTTP {status}", text, self._retry_after(resp))
+            raise _Retryable(f"HTTP {status}", text, retry_after(resp))
         if status in (401, 403):
             where = (
                 f"the key from the environment variable {self.api_key_env}"
                 if self._api_key
                 else f"no API key (the environment variable {self.api_key_env} is not set)"
             )
-            raise self._http_error(
+            raise http_error(
                 f"The server at {url} refused the request with HTTP {status}; it was sent {where}. "
                 f"Body: {_snippet(text)!r}",
                 f"set the environment variable {self.api_key_env} to a valid API key for this server "
@@ -345,78 +399,16 @@ class OpenAIBackend(Backend):
                 status,
                 text,
             )
+        if status in (400, 422):
+            for f in _OPTIONAL_FIELDS:
+                if f in payload and _FIELD_RE[f].search(text):
+                    raise _FieldRejected(f, status, text)
         if status == 404 or (status == 400 and "model" in text.lower()):
-            raise self._unknown_model_error(url, status, text)
-        raise self._http_error(
+            raise unknown_model_error(url, status, text, self.model, self.base_url, self.list_models())
+        raise http_error(
             f"The server at {url} rejected the request with HTTP {status}: {_snippet(text)!r}",
             "check the generation settings of the role (max_new_tokens against the model's context length, stop, "
             "seed) and the server's logs",
             status,
             text,
         )
-
-    def _http_error(self, message: str, fix: str, status: int, body: str) -> ModelError:
-        err = ModelError(message, fix=fix)
-        err.status = status  # type: ignore[attr-defined]
-        err.body = body  # type: ignore[attr-defined]
-        return err
-
-    def _unknown_model_error(self, url: str, status: int, text: str) -> ModelError:
-        models = self.list_models()
-        if models is None and status == 400:
-            return self._http_error(
-                f"The server at {url} rejected the request with HTTP 400: {_snippet(text)!r}",
-                f"check that `model:` in the role's config ({self.model!r}) is a model the server serves, and the "
-                "role's generation settings",
-                status,
-                text,
-            )
-        if models is None:
-            return self._http_error(
-                f"The server at {url} answered HTTP {status} for model {self.model!r}: {_snippet(text)!r}. "
-                f"Either the model is unknown or base_url is wrong (GET {self.base_url}/models did not list models).",
-                "set `model:` in the role's config to a model the server serves, and check that `base_url` is the "
-                "server's OpenAI API root (it usually ends in /v1)",
-                status,
-                text,
-            )
-        if self.model in models:
-            if status == 400:  # e.g. "This model's maximum context length is ...": not about the model's name
-                return self._http_error(
-                    f"The server at {url} rejected the request with HTTP 400: {_snippet(text)!r}",
-                    "check the generation settings of the role (max_new_tokens against the model's context length, "
-                    "stop, seed) and the server's logs",
-                    status,
-                    text,
-                )
-            return self._http_error(
-                f"The server at {url} answered HTTP 404 although it lists model {self.model!r}: {_snippet(text)!r}",
-                "check that `base_url` is the server's OpenAI API root (it usually ends in /v1)",
-                status,
-                text,
-            )
-        offered = ", ".join(models) if models else "(none)"
-        return self._http_error(
-            f"The server at {self.base_url} does not serve model {self.model!r} (HTTP {status}: {_snippet(text)!r}). "
-            f"It offers: {offered}.",
-            f"set `model:` in the role's config to one of: {offered}",
-            status,
-            text,
-        )
-
-    @staticmethod
-    def _retry_after(resp: httpx.Response) -> float | None:
-        value = resp.headers.get("Retry-After")
-        if not value:
-            return None
-        try:
-            return max(0.0, float(value))
-        except ValueError:
-            pass
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        if when is None:
-            return None
-        return max(0.0, when.timestamp() - time.time())

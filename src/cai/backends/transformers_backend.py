@@ -4,6 +4,16 @@ Requests are sorted by length and cut into batches. Inside a batch, the longest 
 (system prompt, constitution, few-shot demonstrations) is run through the model once; its KV cache is kept in a small
 LRU and expanded over the batch, so only each prompt's own suffix is prefilled. Prompts are laid out as
 ``[shared prefix][padding][own suffix]`` with the padding masked, which keeps every real token at its true position.
+
+Behaviour shared with every backend (see :mod:`cai.backends.base`):
+
+* message text is tokenized as plain text (:mod:`cai.backends.chat_tokens`): special-token strings in a prompt or an
+  answer never become control tokens, in generation and in option scoring;
+* each request samples from its own generator seeded with ``params.seed_for(i)``, so its sample depends on its seed
+  only, not on the batch it shares;
+* stop strings end a row's generation when they appear (the text is cut before them, the tokens counted up to them);
+* an empty answer (the model ends at once, or only special tokens) is retried with a new seed when sampling, then
+  returned as a failed row (``finish_reason="error"``).
 """
 
 from __future__ import annotations
@@ -13,7 +23,8 @@ import time
 from collections import OrderedDict
 from typing import Any
 
-from cai.backends.base import Backend, Completion, Conversation, GenParams
+from cai.backends.base import Backend, Completion, Conversation, GenParams, empty_reason, failed_completion, request_seed
+from cai.backends.chat_tokens import ChatEncoder
 from cai.errors import ModelError, UserInputError
 
 
@@ -50,6 +61,7 @@ class TransformersBackend(Backend):
         prefix_cache: bool = True,
         min_prefix_tokens: int = 32,
         cache_slots: int = 4,
+        empty_retries: int = 2,
         model: Any = None,
         tokenizer: Any = None,
     ):
@@ -64,6 +76,7 @@ class TransformersBackend(Backend):
         else:
             torch_dtype = getattr(torch, dtype)
         self.batch_size = batch_size
+        self.empty_retries = max(0, empty_retries)
         self.prefix_cache = prefix_cache
         self.min_prefix_tokens = min_prefix_tokens
         self._cache: OrderedDict[tuple[int, ...], Any] = OrderedDict()
@@ -91,20 +104,21 @@ class TransformersBackend(Backend):
         eos = self.model.generation_config.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
         self.eos_ids.add(self.tok.eos_token_id)
+        self.chat = ChatEncoder(self.tok)
 
     # --- prompt rendering ---------------------------------------------------------------------------------------
     def encode(self, conv: Conversation) -> list[int]:
-        prefill = bool(conv) and conv[-1]["role"] == "assistant"
-        ids = self.tok.apply_chat_template(
-            conv,
-            add_generation_prompt=not prefill,
-            continue_final_message=prefill,
-            tokenize=True,
-            return_dict=False,
-        )
-        if isinstance(ids, dict) or hasattr(ids, "keys"):
-            ids = ids["input_ids"]
-        return list(ids)
+        """Token ids of the conversation in the model's chat template; message text stays plain text.
+
+        A trailing assistant message is continued (assistant prefill); otherwise the generation prompt is added.
+        """
+        return self.chat.encode(conv)
+
+    def describe(self) -> dict:
+        d = super().describe()
+        if self.chat.unaligned:
+            d["unaligned_chat_renders"] = self.chat.unaligned
+        return d
 
     # --- prefix cache ---------------------------------------------------------------------------------------------
     def _prefix_kv(self, prefix: tuple[int, ...]):
@@ -135,20 +149,49 @@ class TransformersBackend(Backend):
     def generate(self, conversations: list[Conversation], params: GenParams) -> list[Completion]:
         if not conversations:
             return []
+        if params.seeds is not None and len(params.seeds) != len(conversations):
+            raise ModelError(f"GenParams.seeds has {len(params.seeds)} seed(s) for {len(conversations)} conversation(s)")
         t0 = time.perf_counter()
         encoded = [self.encode(c) for c in conversations]
-        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
         results: list[Completion | None] = [None] * len(encoded)
-        for b, start in enumerate(range(0, len(order), self.batch_size)):
-            idx = order[start : start + self.batch_size]
-            outs = self._generate_batch([encoded[i] for i in idx], params, batch_index=b)
-            for i, c in zip(idx, outs):
-                results[i] = c
+        todo = list(range(len(encoded)))
+        for attempt in range(self.empty_retries + 1):
+            if attempt:
+                if params.greedy:  # greedy decoding would give the same empty answer again
+                    break
+                self.stats.retries += len(todo)
+            seeds = {i: self._row_seed(params, i, attempt) for i in todo}
+            order = sorted(todo, key=lambda i: len(encoded[i]))
+            for start in range(0, len(order), self.batch_size):
+                idx = order[start : start + self.batch_size]
+                outs = self._generate_batch([encoded[i] for i in idx], params, [seeds[i] for i in idx])
+                for i, c in zip(idx, outs):
+                    results[i] = c
+            todo = [i for i in todo if results[i] is not None and results[i].failed]  # type: ignore[union-attr]
+            self.stats.empty_completions += len(todo)
+            if not todo:
+                break
+        self.stats.failed_requests += len(todo)
+        for i in todo:
+            c = results[i]
+            assert c is not None
+            tries = 1 if params.greedy else self.empty_retries + 1
+            results[i] = failed_completion(f"{c.error}; {tries} attempt(s)", c.prompt_tokens, c.completion_tokens)
         self.stats.calls += 1
         self.stats.generate_seconds += time.perf_counter() - t0
         return [r for r in results if r is not None]
 
-    def _generate_batch(self, seqs: list[list[int]], params: GenParams, batch_index: int) -> list[Completion]:
+    @staticmethod
+    def _row_seed(params: GenParams, index: int, attempt: int) -> int:
+        seed = params.seed_for(index, attempt)
+        return seed if seed is not None else request_seed(0, index, attempt)
+
+    def _stopped(self, toks: list[int], stops: list[str]) -> bool:
+        """Whether the tail of a row's tokens contains a stop string."""
+        tail = self.tok.decode(toks[-self._stop_window :], skip_special_tokens=True)
+        return any(s in tail for s in stops)
+
+    def _generate_batch(self, seqs: list[list[int]], params: GenParams, seeds: list[int]) -> list[Completion]:
         """Generate for one batch with a preallocated KV cache and an own decode loop.
 
         The cache is allocated once for prefix + prompt + new tokens (no per-step concatenation); finished rows are
@@ -193,10 +236,11 @@ class TransformersBackend(Backend):
                 layer.values[:, :, :p] = vb
                 layer.cumulative_length.fill_(p)
             self.stats.cached_prefix_tokens += p * B
-        gen = None
+        gens = None
         if not params.greedy:
-            seed = (params.seed if params.seed is not None else 0) * 1_000_003 + batch_index
-            gen = torch.Generator(device=dev).manual_seed(seed)
+            gens = [torch.Generator(device=dev).manual_seed(s) for s in seeds]
+        stops = [s for s in params.stop if s]
+        self._stop_window = 8 + max((len(s) for s in stops), default=0)
         alive = torch.arange(B, device=dev)  # original row index of each live row
         out_tokens: list[list[int]] = [[] for _ in range(B)]
         finished = [False] * B
@@ -219,7 +263,7 @@ class TransformersBackend(Backend):
                 if seen is not None:
                     rp = params.repetition_penalty
                     logits = torch.where(seen, torch.where(logits > 0, logits / rp, logits * rp), logits)
-                nxt = self._pick(logits, params, gen)
+                nxt = self._pick(logits, params, None if gens is None else [gens[r] for r in alive.tolist()])
                 if seen is not None:
                     seen[torch.arange(len(nxt), device=dev), nxt] = True
                 done_now = torch.isin(nxt, eos)
@@ -231,6 +275,8 @@ class TransformersBackend(Backend):
                             finished[r] = True
                         else:
                             out_tokens[r].append(nl[j])
+                            if stops and self._stopped(out_tokens[r], stops):
+                                finished[r] = True
                 keep = torch.tensor([not finished[r] for r in alive.tolist()], device=dev)
                 if not bool(keep.any()):
                     break
@@ -254,18 +300,24 @@ class TransformersBackend(Backend):
             toks = out_tokens[r]
             finish = "stop" if finished[r] else "length"
             text = self.tok.decode(toks, skip_special_tokens=True)
-            for stop in params.stop:
-                k = text.find(stop)
-                if k >= 0:
-                    text, finish = text[:k], "stop"
-            comps.append(Completion(text=text.strip(), prompt_tokens=len(s), completion_tokens=len(toks), finish_reason=finish))
+            cuts = [k for k in (text.find(stop) for stop in stops) if k >= 0]
+            if cuts:
+                text, finish = text[: min(cuts)], "stop"
+            reason = empty_reason(text)
+            if reason is not None:
+                if not toks:
+                    reason = "empty completion (the model ended its answer at once)"
+                comps.append(failed_completion(reason, len(s), len(toks)))
+            else:
+                comps.append(Completion(text=text.strip(), prompt_tokens=len(s), completion_tokens=len(toks), finish_reason=finish))
             self.stats.requests += 1
             self.stats.prompt_tokens += len(s)
             self.stats.completion_tokens += len(toks)
         return comps
 
     @staticmethod
-    def _pick(logits, params: GenParams, gen):
+    def _pick(logits, params: GenParams, gens):
+        """Next token per row: argmax when greedy, else a sample drawn with each row's own generator."""
         import torch
 
         if params.greedy:
@@ -278,7 +330,8 @@ class TransformersBackend(Backend):
             sp[(cum - sp) > params.top_p] = 0
             probs = torch.zeros_like(probs).scatter(-1, si, sp)
             probs = probs / probs.sum(-1, keepdim=True)
-        return torch.multinomial(probs, 1, generator=gen).squeeze(1)
+        picks = [torch.multinomial(probs[j], 1, generator=g) for j, g in enumerate(gens)]
+        return torch.cat(picks)
 
     # --- scoring ----------------------------------------------------------------------------------------------------
     def option_logprobs(self, conversations: list[Conversation], options: list[list[str]]) -> list[list[float | None]]:
@@ -293,10 +346,11 @@ class TransformersBackend(Backend):
             base = self.encode(conv)
             fulls = []
             for o in opts:
-                # Tokenize prompt+option jointly as text so merges at the boundary match what the model would emit.
-                full = self.tok.encode(self.tok.decode(base) + o, add_special_tokens=False)
-                if full[: len(base)] != base:
-                    full = base + self.tok.encode(o, add_special_tokens=False)
+                # Tokenize the reply's text and the option jointly so merges at the boundary match what the model
+                # would emit; both stay plain text (no special tokens from either).
+                full = self.chat.encode(conv, extra_text=o) if conv and conv[-1]["role"] == "assistant" else []
+                if full[: len(base)] != base or len(full) <= len(base):
+                    full = base + self.chat.encode_text(o)
                 fulls.append(full)
             if opts and all(len(f) == len(base) + 1 for f in fulls):
                 single.append((r, base, [f[-1] for f in fulls]))
