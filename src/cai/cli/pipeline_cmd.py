@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from cai.cli.common import console, handle_errors, out
-from cai.cli.summaries import rate
+from cai.cli.summaries import rate, typed
 
 
 def register(app: typer.Typer) -> None:
@@ -47,7 +47,7 @@ def register(app: typer.Typer) -> None:
             rec = registry.get(name)
             summary = rec.summary_function()
             if rec.summary_in_pipeline and summary is not None:
-                summary(run_dir / name, manifest)
+                summary(run_dir / name, typed(name, manifest))
 
         quiet_library_warnings()
         manifests = run_pipeline(cfg, on_stage=on_stage, on_done=on_done, progress_factory=ProgressLine)
@@ -66,17 +66,17 @@ def print_pipeline_summary(run_dir: Path, manifests: dict) -> None:
         extra = f"  model: {model}" if model.exists() else ""
         secs = f" ({timing[stage]} s)" if stage in timing else ""
         out.print(f"  {stage:7s} {where}{secs}{extra}")
-    lab = manifests.get("label")
-    if lab:
-        s = lab.get("labels") or {}
-        if s:
+    if "label" in manifests:
+        lab = typed("label", manifests["label"])
+        s = lab.labels
+        if s is not None:
             out.print(
-                f"  labeler {lab.get('model', {}).get('model', '?')}: position consistency "
-                f"{rate(s, 'position_consistency', 'position_consistency_rate')}, mean confidence {rate(s, 'mean_confidence')}, "
-                f"kept after confidence filter {s.get('kept_after_filter')}/{s.get('n')} "
-                f"(min_confidence {s.get('min_confidence')}), abstentions {s.get('abstentions')}"
+                f"  labeler {(lab.model or {}).get('model', '?')}: position consistency "
+                f"{rate(s, 'position_consistency')}, mean confidence {s.mean_confidence}, "
+                f"kept after confidence filter {s.kept_after_filter}/{s.n} "
+                f"(min_confidence {s.min_confidence}), abstentions {s.abstentions}"
             )
-        for w in lab.get("warnings", []):
+        for w in lab.warnings:
             out.print(f"  [yellow]warning[/]: {w}")
     summary = run_dir / "eval" / "summary.md"
     if summary.exists():

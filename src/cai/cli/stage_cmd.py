@@ -91,7 +91,9 @@ def run_stage(rec: registry.Stage, kw: dict[str, Any], extra: Callable[[dict[str
         manifest = registry.call(rec.name, cfg, run_dir, overwrite=kw["x_overwrite"], line=line)
     summary = rec.summary_function()
     if summary is not None:
-        summary(stage_dir, manifest, done_before)
+        from cai.cli.summaries import typed
+
+        summary(stage_dir, typed(rec.name, manifest), done_before)
     else:
         out.print(f"[bold green]{rec.name} done[/]: {stage_dir}; manifest: {stage_dir / 'manifest.json'}")
 

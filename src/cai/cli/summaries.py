@@ -1,6 +1,7 @@
 """What each stage's command prints when it finishes: where its outputs are and the figures worth reading.
 
-One function per stage, ``f(stage_dir, manifest, done_before)``, named by the stage's record in :mod:`cai.registry`.
+One function per stage, ``f(stage_dir, manifest, done_before)``, named by the stage's record in :mod:`cai.registry`;
+``manifest`` is the stage's typed model (:mod:`cai.manifests`).
 """
 
 from __future__ import annotations
@@ -15,19 +16,26 @@ def _fmt(v: Any, digits: int = 4) -> str:
     return f"{v:.{digits}f}" if isinstance(v, (int, float)) and not isinstance(v, bool) else "-"
 
 
-def rate(section: dict, *names: str) -> Any:
-    """The first of ``names`` present in ``section``, as a number: a figure ({value, k, n, ci95, ...}) gives its value
-    (manifests store rates as figures; older ones as plain numbers under other names)."""
-    for name in names:
+def rate(section: Any, name: str) -> float | None:
+    """A rate of a manifest section as a number: the value of its figure (value, k, n, 95% interval, judge)."""
+    v = getattr(section, name, None)
+    if v is None and isinstance(section, dict):
         v = section.get(name)
-        if v is not None:
-            return v.get("value") if isinstance(v, dict) else v
-    return None
+    if isinstance(v, dict):
+        return v.get("value")
+    return getattr(v, "value", v)
 
 
-def revise(stage_dir: Path, m: dict, done_before: bool = False) -> None:
-    c = m["counts"]
-    t = m["timing"]
+def typed(stage: str, m: Any) -> Any:
+    """A stage's manifest as its typed model (:func:`cai.manifests.load_manifest`), for stages that have one."""
+    from cai.manifests import MANIFESTS, load_manifest
+
+    return load_manifest(stage, m) if isinstance(m, dict) and stage in MANIFESTS else m
+
+
+def revise(stage_dir: Path, m: Any, done_before: bool = False) -> None:
+    c = m.counts
+    t = m.timing
     out.print(f"[bold green]revise done[/]: {stage_dir}")
     out.print(f"  dataset : {stage_dir / 'data.jsonl'} (full traces), sft.jsonl, preference.jsonl, helpful.jsonl")
     out.print(f"  manifest: {stage_dir / 'manifest.json'}")
@@ -40,16 +48,16 @@ def revise(stage_dir: Path, m: dict, done_before: bool = False) -> None:
         out.print("  flagged revisions: " + ", ".join(f"{k} {v}" for k, v in c["flags"].items()))
     tps = t.get("generated_tokens_per_s")
     out.print(
-        f"  generated {m['tokens']['generated_this_session']} tokens in {t['seconds_this_session']} s"
+        f"  generated {m.tokens['generated_this_session']} tokens in {t['seconds_this_session']} s"
         + (f" = {tps} tokens/s" if tps else "")
         + (f" (resumed: {t['resumed_rows']} rows were already done)" if t.get("resumed_rows") else "")
     )
-    out.print(f"  constitution {m['constitution']['name']} v{m['constitution']['version']} hash {m['constitution']['hash']}; "
-              f"models: " + ", ".join(f"{r}={d['model']}" for r, d in m["models"].items()))
+    out.print(f"  constitution {m.constitution.name} v{m.constitution.version} hash {m.constitution.hash}; "
+              f"models: " + ", ".join(f"{r}={d['model']}" for r, d in m.models.items()))
 
 
-def pairs(stage_dir: Path, m: dict, done_before: bool = False) -> None:
-    c, t = m["counts"], m["timing"]
+def pairs(stage_dir: Path, m: Any, done_before: bool = False) -> None:
+    c, t = m.counts, m.timing
     out.print(f"[bold green]pairs done[/]: {stage_dir}")
     out.print(f"  pairs   : {stage_dir / 'pairs.jsonl'}")
     out.print(f"  manifest: {stage_dir / 'manifest.json'}")
@@ -63,15 +71,15 @@ def pairs(stage_dir: Path, m: dict, done_before: bool = False) -> None:
         out.print(f"  truncated answers: {c['truncated_answers']}, empty answers: {c['empty_answers']}")
     tps = t.get("generated_tokens_per_s")
     out.print(
-        f"  generated {m['tokens']['generated_this_session']} tokens in {t['seconds_this_session']} s"
+        f"  generated {m.tokens['generated_this_session']} tokens in {t['seconds_this_session']} s"
         + (f" = {tps} tokens/s" if tps else "")
         + (f" (resumed: {t['resumed_rows']} prompts were already done)" if t.get("resumed_rows") else "")
-        + f"; policy: {m['model']['model']}"
+        + f"; policy: {m.model['model']}"
     )
 
 
-def label(stage_dir: Path, m: dict, done_before: bool = False) -> None:
-    s, t = m["labels"], m["timing"]
+def label(stage_dir: Path, m: Any, done_before: bool = False) -> None:
+    s, t = m.labels, m.timing
     out.print(f"[bold green]label done[/]: {stage_dir}")
     out.print(f"  labels    : {stage_dir / 'labels.jsonl'} (every comparison, both orders, per principle)")
     out.print(f"  preference: {stage_dir / 'preference.jsonl'} (TRL format, soft label in score_chosen)")
@@ -81,40 +89,40 @@ def label(stage_dir: Path, m: dict, done_before: bool = False) -> None:
         return "n/a" if x is None else format(x, spec)
 
     out.print(
-        f"  {s['labeled']}/{s['n']} comparisons labeled ({m['mode']} mode), {s['abstentions']} abstentions"
-        + (f", {s['skipped_identical']} identical pairs skipped" if s["skipped_identical"] else "")
+        f"  {s.labeled}/{s.n} comparisons labeled ({m.mode} mode), {s.abstentions} abstentions"
+        + (f", {s.skipped_identical} identical pairs skipped" if s.skipped_identical else "")
     )
     out.print(
-        f"  position consistency {fmt(rate(s, 'position_consistency', 'position_consistency_rate'))}, "
-        f"mean confidence {fmt(s['mean_confidence'], '.3f')}, "
-        f"position bias {fmt(s['position_bias'], '.3f')}, share of per-order answers preferring (A) "
-        f"{fmt(rate(s, 'preferring_position_a', 'share_preferring_position_a'))}"
+        f"  position consistency {fmt(rate(s, 'position_consistency'))}, "
+        f"mean confidence {fmt(s.mean_confidence, '.3f')}, "
+        f"position bias {fmt(s.position_bias, '.3f')}, share of per-order answers preferring (A) "
+        f"{fmt(rate(s, 'preferring_position_a'))}"
     )
-    out.print(f"  kept after filter (min_confidence {s['min_confidence']}): {s['kept_after_filter']}/{s['n']}")
-    out.print(f"  confidence histogram (10 bins over 0..1): {s['confidence_histogram']}")
+    out.print(f"  kept after filter (min_confidence {s.min_confidence}): {s.kept_after_filter}/{s.n}")
+    out.print(f"  confidence histogram (10 bins over 0..1): {s.confidence_histogram}")
     if t.get("labels_per_s"):
-        out.print(f"  {t['rows_this_session']} labels in {t['seconds_this_session']} s = {t['labels_per_s']} labels/s; labeler: {m['model']['model']}")
-    if m["warnings"]:
-        for w in m["warnings"]:
+        out.print(f"  {t['rows_this_session']} labels in {t['seconds_this_session']} s = {t['labels_per_s']} labels/s; labeler: {m.model['model']}")
+    if m.warnings:
+        for w in m.warnings:
             out.print(f"  [bold yellow]warning:[/] {w}")
     else:
         out.print("  labels look usable: both orders mostly agree and the labeler is not at chance.")
 
 
-def rl(stage_dir: Path, m: dict, done_before: bool = False) -> None:
-    t = m["training"]
-    r = m["rl"]
+def rl(stage_dir: Path, m: Any, done_before: bool = False) -> None:
+    t = m.training
+    r = m.rl
     last = {k: v.get("last") for k, v in r["metrics"].items()}
     first = {k: v.get("first") for k, v in r["metrics"].items()}
     note = " (already complete; nothing to do - pass --overwrite to train again)" if done_before else ""
-    out.print(f"[bold green]rl ({m['algorithm']}) done[/]{note}: model at {stage_dir / 'model'}")
+    out.print(f"[bold green]rl ({m.algorithm}) done[/]{note}: model at {stage_dir / 'model'}")
     out.print(f"  metrics: {stage_dir / 'metrics.jsonl'}; samples: {stage_dir / 'samples.jsonl'}; "
               f"manifest: {stage_dir / 'manifest.json'}")
     resumed = f" (resumed from {t['resumed_from']})" if t.get("resumed_from") else ""
     out.print(
         f"  steps {t['steps']}, {t['seconds_this_session']} s this session ({_fmt(t['seconds_per_step'], 2)} s/step) "
-        f"on {t['device']} {t['precision']}{resumed}; policy {m['policy']['label']} ({m['policy']['source']}); "
-        f"reward model {m['reward_model']}"
+        f"on {t['device']} {t['precision']}{resumed}; policy {m.policy['label']} ({m.policy['source']}); "
+        f"reward model {m.reward_model}"
     )
     out.print(
         f"  last step: reward {_fmt(last.get('reward'))} (first {_fmt(first.get('reward'))}), "
@@ -126,14 +134,14 @@ def rl(stage_dir: Path, m: dict, done_before: bool = False) -> None:
     out.print(f"  KL is the {r['kl_definition']}")
 
 
-def bestofn(stage_dir: Path, m: dict, done_before: bool = False) -> None:
-    s = m["summary"]
+def bestofn(stage_dir: Path, m: Any, done_before: bool = False) -> None:
+    s = m.summary
     c, a = s["chosen"], s["all_candidates"]
     out.print(f"[bold green]bestofn done[/]: {stage_dir / 'answers.jsonl'} (every candidate with its reward, and the chosen one)")
-    out.print(f"  manifest: {stage_dir / 'manifest.json'}; policy {m['policy']['model']} ({m['policy']['source']}); "
-              f"reward model {m['reward_model']}")
+    out.print(f"  manifest: {stage_dir / 'manifest.json'}; policy {m.policy['model']} ({m.policy['source']}); "
+              f"reward model {m.reward_model}")
     out.print(
-        f"  {s['prompts']} prompts x n={m['n']}: mean best reward {_fmt(s['mean_best_reward'])} vs random candidate "
+        f"  {s['prompts']} prompts x n={m.n}: mean best reward {_fmt(s['mean_best_reward'])} vs random candidate "
         f"{_fmt(s['mean_random_candidate_reward'])} (gain {_fmt(s['best_minus_random'])}; worst {_fmt(s['mean_worst_reward'])})"
     )
     out.print(
@@ -141,13 +149,13 @@ def bestofn(stage_dir: Path, m: dict, done_before: bool = False) -> None:
         f"words {_fmt(c['answer_words'], 1)} vs {_fmt(a['answer_words'], 1)}, "
         f"repeat-3gram share {_fmt(c['repeat_3gram_share'], 3)} vs {_fmt(a['repeat_3gram_share'], 3)}"
     )
-    t = m["timing"]
+    t = m.timing
     out.print(f"  {t['answers_this_session']} answers sampled in {t['seconds_this_session']} s"
               + (f" (resumed: {t['resumed_prompts']} prompts were already done)" if t.get("resumed_prompts") else ""))
 
 
-def _print_training(name: str, stage_dir: Path, m: dict, done_before: bool = False) -> None:
-    t = m["training"]
+def _print_training(name: str, stage_dir: Path, m: Any, done_before: bool = False) -> None:
+    t = m.training
     note = " (already complete; nothing to do - pass --overwrite to train again)" if done_before else ""
     out.print(f"[bold green]{name} done[/]{note}: model at {stage_dir / 'model'}")
     out.print(f"  metrics: {stage_dir / 'metrics.jsonl'}; manifest: {stage_dir / 'manifest.json'}")
@@ -159,8 +167,8 @@ def _print_training(name: str, stage_dir: Path, m: dict, done_before: bool = Fal
     )
 
 
-def sft(stage_dir: Path, m: dict, done_before: bool = False) -> None:
-    d = m["data"]
+def sft(stage_dir: Path, m: Any, done_before: bool = False) -> None:
+    d = m.data
     _print_training("sft", stage_dir, m, done_before)
     out.print(
         f"  data: {d['train_rows']} rows = {d['train_rows_by_source']['revision']} revisions + "
@@ -169,31 +177,31 @@ def sft(stage_dir: Path, m: dict, done_before: bool = False) -> None:
     )
 
 
-def reward(stage_dir: Path, m: dict, done_before: bool = False) -> None:
+def reward(stage_dir: Path, m: Any, done_before: bool = False) -> None:
     _print_training("reward", stage_dir, m, done_before)
-    e = m["eval"]
+    e = m.eval
     if e.get("n"):
         out.print(
             f"  held-out (n={e['n']}): accuracy {e['accuracy']:.3f} (untrained head {e['before_accuracy']}), "
-            f"mean margin {e['mean_margin']:.3f}, ECE {e['ece']:.3f} ({m['loss']['labels']}); details: "
+            f"mean margin {e['mean_margin']:.3f}, ECE {e['ece']:.3f} ({m.loss['labels']}); details: "
             f"{stage_dir / 'eval.json'}"
         )
     else:
         out.print("  held-out: none (eval_fraction 0 or fewer than 2 pairs)")
 
 
-def dpo(stage_dir: Path, m: dict, done_before: bool = False) -> None:
+def dpo(stage_dir: Path, m: Any, done_before: bool = False) -> None:
     _print_training("dpo", stage_dir, m, done_before)
-    f = m["dpo"]["final"]
+    f = m.dpo["final"]
     out.print(
-        f"  policy: {m['policy']['label']} ({m['policy']['source']}); pairs {m['data']['train_pairs']}; "
-        f"beta {m['dpo']['beta']}; last rewards/margins {_fmt(f.get('rewards/margins'))}, "
+        f"  policy: {m.policy['label']} ({m.policy['source']}); pairs {m.data['train_pairs']}; "
+        f"beta {m.dpo['beta']}; last rewards/margins {_fmt(f.get('rewards/margins'))}, "
         f"rewards/accuracies {_fmt(f.get('rewards/accuracies'))}"
     )
 
 
-def evaluate(stage_dir: Path, m: dict, done_before: bool = False) -> None:
+def evaluate(stage_dir: Path, m: Any, done_before: bool = False) -> None:
     out.print(f"[bold green]eval done[/]: {stage_dir}")
-    out.print(f"  {m['counts']['prompts']} prompts x {m['counts']['models']} model(s); "
-              f"{m['timing']['seconds_this_session']} s this session")
+    out.print(f"  {m.counts['prompts']} prompts x {m.counts['models']} model(s); "
+              f"{m.timing['seconds_this_session']} s this session")
     out.print((stage_dir / "summary.md").read_text(encoding="utf-8"), markup=False, highlight=False)
