@@ -35,5 +35,10 @@ def test_demo_pipeline_end_to_end(tmp_path):
     consistency = consistency["value"] if isinstance(consistency, dict) else consistency  # a figure, or a number
     assert 0.0 <= consistency <= 1.0
     assert "Evaluation summary" in r.stdout
+    # Through a pipe every stage still shows its progress as plain lines, and no raw trainer dicts or bars.
+    lines = r.stderr.splitlines()
+    for stage in ("revise", "sft", "pairs", "label", "reward", "rl", "eval"):
+        assert any(x.startswith(f"{stage}  ") and "elapsed" in x for x in lines), stage
+    assert "{'loss'" not in r.stderr and "it/s]" not in r.stderr
     rep = subprocess.run([CAI, "report", str(run)], capture_output=True, text=True, env=env, timeout=300)
     assert rep.returncode == 0 and (run / "report" / "report.html").exists()
