@@ -13,7 +13,10 @@ from cai.cli.summaries import rate, typed
 
 
 def register(app: typer.Typer) -> None:
-    @app.command()
+    from cai.registry import PIPELINE_STAGES
+
+    @app.command(help=f"Run {' -> '.join(PIPELINE_STAGES)} from one YAML file (a section per stage, with the "
+                      "settings of `cai <stage>`); a rerun resumes where it stopped.")
     @handle_errors
     def pipeline(
         config: str = typer.Argument(..., help="Pipeline YAML (see configs/demo-pipeline.yaml)"),
@@ -25,7 +28,6 @@ def register(app: typer.Typer) -> None:
             help="Any setting as KEY=VALUE, a stage's with its section (e.g. revise.rounds=2, "
                  "label.labeler=openai:NAME@URL, base_model=fake); the value is read as YAML; repeatable"),
     ) -> None:
-        """Run revise -> sft -> pairs -> label -> reward -> rl -> dpo -> eval; a rerun resumes where it stopped."""
         from cai import registry
         from cai.pipeline import PipelineConfig, load_pipeline_config, run_pipeline
         from cai.progress import ProgressLine, quiet_library_warnings
