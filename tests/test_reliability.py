@@ -55,11 +55,23 @@ def invoke(runner, argv: list[str], code: int = 0):
     return r
 
 
-def shard_count(stage: Path) -> int:
+def index_lines(stage: Path) -> list[dict]:
+    """The shard index log: a line naming the settings it belongs to, then one line per shard written."""
     try:
-        return len(json.loads((stage / "shards" / "index.json").read_text())["shards"])
-    except (OSError, ValueError, KeyError):
-        return 0
+        text = (stage / "shards" / "index.ndjson").read_text()
+    except OSError:
+        return []
+    out = []
+    for line in text.splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            pass
+    return out
+
+
+def shard_count(stage: Path) -> int:
+    return len({x["shard"] for x in index_lines(stage) if "shard" in x})
 
 
 def kill_after(proc: subprocess.Popen, stage: Path, n: int, *, ready=lambda: True, timeout_s: float = 90) -> None:
@@ -151,13 +163,11 @@ def test_kill_during_overwrite_then_rerun_gives_only_the_new_runs_rows(runner, t
     runs = tmp_path / "runs"
     stage = runs / "r" / "revise"
     invoke(runner, args(prompts, runs, "--seed", "0"))
-    old_key = json.loads((stage / "shards" / "index.json").read_text())["key"]
+    old_key = index_lines(stage)[0]["key"]
 
     def new_run_started() -> bool:
-        try:
-            return json.loads((stage / "shards" / "index.json").read_text())["key"] != old_key
-        except (OSError, ValueError, KeyError):
-            return False
+        lines = index_lines(stage)
+        return bool(lines) and lines[0].get("key") != old_key
 
     victim = subprocess.Popen([CAI, *args(prompts, runs, "--seed", "1", "--overwrite")], stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, env=env())
@@ -228,9 +238,20 @@ def test_shard_missing_from_the_index_or_a_damaged_index_is_recomputed(runner, t
     prompts, stage = _finished(runner, tmp_path)
     want = (stage / "data.jsonl").read_bytes()
     (stage / "manifest.json").unlink()
-    (stage / "shards" / "index.json").write_text("{not json")
+    index = stage / "shards" / "index.ndjson"
+    lines = index.read_text().splitlines(keepends=True)
+    assert len(lines) == 1 + 8 and json.loads(lines[3])["shard"] == 2
+    index.write_text("".join(lines[:3] + lines[4:-1]) + lines[-1][:20])  # shard 2 unrecorded, last line torn
     r = invoke(runner, args(prompts, tmp_path / "runs", "--seed", "0", model="fake"))
-    assert "index.json is damaged; every shard will be computed again" in flat(r.output)
+    msg = flat(r.output)
+    assert f"{index}: 1 unreadable line(s) skipped" in msg
+    assert "00002.jsonl is not in the shard index" in msg and "00007.jsonl is not in the shard index" in msg
+    assert json.loads((stage / "manifest.json").read_text())["timing"]["resumed_rows"] == N - 4
+    assert (stage / "data.jsonl").read_bytes() == want
+    (stage / "manifest.json").unlink()
+    index.write_text("{not json")
+    r = invoke(runner, args(prompts, tmp_path / "runs", "--seed", "0", model="fake"))
+    assert "index.ndjson is damaged; every shard will be computed again" in flat(r.output)
     assert (stage / "data.jsonl").read_bytes() == want
 
 

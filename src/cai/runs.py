@@ -10,8 +10,8 @@ Nothing on disk is trusted blindly:
 - ``config.json`` records the settings' fingerprint and a content digest of every input file the settings name
   (and of the items a stage passes as ``inputs``); settings that differ are refused, inputs whose content changed
   make the stage start again, saying so;
-- ``shards/index.json`` records each shard's row count and SHA-256; a shard that is missing from it or does not
-  match (cut short, edited, copied from another run) is computed again, saying so;
+- ``shards/index.ndjson`` (append-only, one line per shard written) records each shard's row count and SHA-256; a
+  shard that is missing from it or does not match (cut short, edited, copied from another run) is computed again, saying so;
 - the manifest records the SHA-256 of every output written with :meth:`StageDir.write_output`; a finished stage
   whose outputs no longer match is rebuilt, saying so;
 - a damaged ``config.json``, ``manifest.json`` or shard is an error naming the file, never a traceback.
@@ -177,7 +177,7 @@ class StageDir:
 
     @property
     def index_path(self) -> Path:
-        return self.shards / "index.json"
+        return self.shards / "index.ndjson"
 
     def is_complete(self) -> bool:
         return self.manifest_path.exists()
@@ -304,16 +304,39 @@ class StageDir:
         return self.shards / f"{i:05d}.jsonl"
 
     def _shard_index(self) -> dict:
+        """{"key": fingerprint of settings and inputs, "shards": {"i": {rows, bytes, sha256}}} from the index log.
+
+        The log's first line names the settings and inputs it belongs to; each later line records one shard written
+        (a later line for the same shard wins). A log of another configuration is started afresh; unreadable lines
+        (a torn last line after a kill) are skipped, so their shards are computed again.
+        """
         if self._index is None:
-            idx: Any = None
-            if self.index_path.exists():
+            shards: dict[str, dict] = {}
+            key = None
+            bad = 0
+            try:
+                lines = self.index_path.read_text(encoding="utf-8").splitlines() if self.index_path.exists() else []
+            except (OSError, UnicodeDecodeError):
+                lines, bad = [], 1
+            for n, line in enumerate(lines):
                 try:
-                    idx = json.loads(self.index_path.read_text(encoding="utf-8"))
-                except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-                    self._note(f"{self.index_path} is damaged; every shard will be computed again.")
-            if not isinstance(idx, dict) or idx.get("key") != self._key or not isinstance(idx.get("shards"), dict):
-                idx = {"key": self._key, "shards": {}}
-            self._index = idx
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    rec = None
+                if n == 0 and isinstance(rec, dict) and "key" in rec:
+                    key = rec["key"]
+                elif isinstance(rec, dict) and isinstance(rec.get("shard"), int) and key is not None:
+                    shards[str(rec["shard"])] = rec
+                else:
+                    bad += 1
+            if bad and key is not None:
+                self._note(f"{self.index_path}: {bad} unreadable line(s) skipped; their shards will be computed again.")
+            elif lines and key is None:
+                self._note(f"{self.index_path} is damaged; every shard will be computed again.")
+            if key != self._key:
+                shards = {}
+                atomic_write_text(self.index_path, json.dumps({"key": self._key}) + "\n")
+            self._index = {"key": self._key, "shards": shards}
         return self._index
 
     def shard_done(self, i: int) -> bool:
@@ -348,8 +371,12 @@ class StageDir:
         """Write shard ``i`` atomically, then record its row count and checksum in the shard index."""
         write_jsonl(self.shard_path(i), rows)
         idx = self._shard_index()
-        idx["shards"][str(i)] = _describe_checksum(self.shard_path(i).read_bytes())
-        atomic_write_text(self.index_path, json.dumps(idx, indent=1, sort_keys=True) + "\n")
+        entry = {"shard": i, **_describe_checksum(self.shard_path(i).read_bytes())}
+        idx["shards"][str(i)] = entry
+        with open(self.index_path, "a", encoding="utf-8") as f:  # one short line, one write: O(1) per shard
+            f.write(json.dumps(entry, sort_keys=True) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
         self._verified[i] = True
 
     def read_shards(self, n: int) -> list[dict]:
