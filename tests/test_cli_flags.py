@@ -159,3 +159,10 @@ def test_top_level_help_imports_no_stage_module():
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip() == "[]"
+
+
+def test_a_misspelled_nested_setting_lists_the_settings_it_sits_in(runner, tmp_path):
+    r = runner.invoke(app, ["revise", "--runs-dir", str(tmp_path), "--set", "critic.basee_url=http://x:1/v1"])
+    text = " ".join(r.output.split())
+    assert r.exit_code == 2 and "critic.basee_url: unknown setting" in text
+    assert "base_url" in text and "rounds" not in text

@@ -42,28 +42,16 @@ def build_config(cls: type[T], data: dict[str, Any], *, source: str = "config") 
             loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
             msg = err["msg"]
             if err["type"] == "extra_forbidden":
-                known = ", ".join(cls.model_fields)
+                owner: type[BaseModel] | None = cls
+                for part in err["loc"][:-1]:  # the settings the misspelled key sits in (e.g. critic.base_url)
+                    owner = _submodel(owner, str(part))
+                known = ", ".join((owner or cls).model_fields)
                 msg = f"unknown setting; known settings: {known}"
             lines.append(f"  {loc}: {msg}")
         raise ConfigError(
             f"{source}: invalid settings for {cls.__name__}:\n" + "\n".join(lines),
             fix="correct the field(s) above; `cai <command> --help` lists every setting with its meaning.",
         ) from None
-
-
-def load_stage_config(cls: type[T], config_path: str | None, overrides: dict[str, Any], *, section: str | None = None) -> T:
-    """YAML file (optionally one section of it) then non-None CLI overrides."""
-    data: dict[str, Any] = {}
-    source = "command-line flags"
-    if config_path:
-        data = read_yaml(config_path)
-        if section and section in data and isinstance(data[section], dict):
-            data = data[section]
-        source = str(config_path)
-    for k, v in overrides.items():
-        if v is not None:
-            data[k] = v
-    return build_config(cls, data, source=source)
 
 
 # --- values given as text (command-line flags, `--set`), parsed the same way a YAML file would be ---------------------
