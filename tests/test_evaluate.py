@@ -17,6 +17,7 @@ from cai.data.readers import load_prompts
 from cai.errors import ConfigError, MissingExtraError
 from cai.evaluate import stats as st
 from cai.evaluate.judges import LLMRefusalJudge
+from cai.runs import StageDir
 from cai.stages.evaluate import EvalConfig, run_evaluate
 
 FIX = Path(__file__).parent / "fixtures" / "benchmarks"
@@ -191,10 +192,9 @@ def test_resume_per_model(tmp_path):
     assert len(a.calls[0]) == 6
     first = _metrics(tmp_path)
     stage = tmp_path / "eval"
-    # simulate a kill after model a finished: no manifest, model b's files missing
+    # simulate a kill after model a finished: no manifest, model b's shard (one shard per model) missing
     (stage / "manifest.json").unlink()
-    for f in (stage / "models" / "b").iterdir():
-        f.unlink()
+    StageDir(str(tmp_path), "eval").shard_path(1).unlink()
     run_evaluate(cfg, str(tmp_path), pool=pool)
     assert len(a.calls) == 1 and len(b.calls) == 2
     assert _metrics(tmp_path) == first

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 from cai.backends.base import GenParams
@@ -29,7 +30,7 @@ from cai.evaluate.metrics import MEASURED, headline_figures, model_metrics, pair
 from cai.evaluate.render import render_summary, summary_path
 from cai.manifests import accounting_from_stats, stats_delta
 from cai.progress import Progress
-from cai.runs import StageDir
+from cai.stages.sharded import Shard, ShardedResult, run_sharded
 
 __all__ = ["BenchmarkFile", "EvalConfig", "MEASURED", "load_items", "render_summary", "run_evaluate", "summary_path"]
 
@@ -79,7 +80,12 @@ def run_evaluate(
     on_progress: Callable[[Progress], None] | None = None,
     on_ready: Callable[[Progress], None] | None = None,
 ) -> dict:
-    """Run (or resume) the ``eval`` stage into ``run_dir/eval``. Returns the manifest."""
+    """Run (or resume) the ``eval`` stage into ``run_dir/eval``. Returns the manifest.
+
+    Runs on the shared sharded runner (:func:`cai.stages.sharded.run_sharded`) with one shard per model: the model
+    answers every prompt in one batched call and the refusal judge labels the answers; a killed run resumes at the
+    first model it had not finished. The pairwise comparisons follow, one resumable file per aspect and model pair.
+    """
     items = load_items(cfg)
     if not items:
         raise UserInputError("No prompts to evaluate (every prompt set is empty after split and limit).",
@@ -90,78 +96,111 @@ def run_evaluate(
         from cai.constitution import load_constitution
 
         const = load_constitution(cfg.constitution)
-    stage = StageDir(run_dir, "eval")
-    state = stage.begin({"eval": cfg.model_dump(mode="json"), "items": [it["key"] for it in items],
-                         "constitution_hash": const.content_hash() if const else None}, overwrite=overwrite)
-    if state == "complete":
-        return stage.manifest()
     pool = pool or BackendPool()
     names = list(cfg.models)
-    prog = Progress(total=len(names) * len(items), callback=on_progress)
-    done_models = [m for m in names if (stage.path / "models" / m / "verdicts.jsonl").exists()]
-    prog.done = len(done_models) * len(items)
-    prog.extra["resumed_models"] = done_models
-    if on_ready:
-        on_ready(prog)
-
-    judge = None
     accounts = _Accounts()
     timing: dict[str, Any] = {"generate_seconds": {}, "judge_seconds": {}}
-    t_start = time.perf_counter()
-    per_model: dict[str, list[dict]] = {}
-    backends: dict[str, Any] = {}
-    for m in names:
-        mdir = stage.path / "models" / m
-        ans_path, ver_path = mdir / "answers.jsonl", mdir / "verdicts.jsonl"
-        if ans_path.exists():
-            answers = read_jsonl(ans_path)
-        else:
-            backend = pool.get(cfg.models[m])
-            backends[m] = backend.describe()
-            t0 = time.perf_counter()
-            comps = accounts.measure(f"model:{m}", backend, lambda: backend.generate(
-                [conversation(cfg, it["prompt"]) for it in items],
-                GenParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=cfg.seed)))
-            timing["generate_seconds"][m] = round(time.perf_counter() - t0, 2)
-            answers = [{"key": it["key"], "answer": c.text, "finish_reason": c.finish_reason,
-                        "completion_tokens": c.completion_tokens} for it, c in zip(items, comps)]
-            write_jsonl(ans_path, answers)
-            prog.advance(0, sum(c.completion_tokens for c in comps))
-        if [a["key"] for a in answers] != [it["key"] for it in items]:
-            raise UserInputError(f"{ans_path} does not match this run's prompts.", fix="rerun with --overwrite.")
-        if ver_path.exists():
-            verdicts = read_jsonl(ver_path)
-        else:
-            judge = judge or make_refusal_judge(cfg.judge, pool, const)
-            t0 = time.perf_counter()
-            vs = accounts.measure("judge", getattr(judge, "backend", None),
-                                  lambda: judge.judge([it["prompt"] for it in items], [a["answer"] for a in answers]))
-            timing["judge_seconds"][m] = round(time.perf_counter() - t0, 2)
-            verdicts = [{"key": it["key"], **v.as_dict()} for it, v in zip(items, vs)]
-            write_jsonl(ver_path, verdicts)
-            prog.advance(len(items), 0)
-        per_model[m] = [
-            {"model": m, **{k: v for k, v in it.items()}, "answer": a["answer"], "finish_reason": a["finish_reason"],
-             "completion_tokens": a["completion_tokens"], "verdict": {k: v for k, v in ver.items() if k != "key"}}
-            for it, a, ver in zip(items, answers, verdicts)
-        ]
 
-    judge_name = per_model[names[0]][0]["verdict"]["judge"].split("+")[0] if items else "none"
-    # --- pairwise comparisons -------------------------------------------------------------------------------------
-    pair_rows: list[dict] = []
-    pjudge = None
-    aspects = {"helpful": "comply", "harmless": "refuse"}
-    if len(names) > 1:
+    def load() -> dict[str, Any]:
+        res: dict[str, Any] = {"models": {m: pool.get(cfg.models[m]) for m in names},
+                               "judge": make_refusal_judge(cfg.judge, pool, const), "pairwise": None}
+        if len(names) > 1 and cfg.pairwise:
+            res["pairwise"] = PairwiseJudge(pool.get(cfg.helpfulness_judge), cfg.helpfulness_judge.label(), const,
+                                            seed=cfg.seed)
+        return res
+
+    def work(shard: Shard, res: dict[str, Any], prog: Progress) -> list[dict]:
+        m = shard.items[0]["model"]
+        backend, judge = res["models"][m], res["judge"]
+        t0 = time.perf_counter()
+        comps = accounts.measure(f"model:{m}", backend, lambda: backend.generate(
+            [conversation(cfg, it["prompt"]) for it in items],
+            GenParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=cfg.seed)))
+        timing["generate_seconds"][m] = round(time.perf_counter() - t0, 2)
+        prog.advance(0, sum(c.completion_tokens for c in comps))
+        t0 = time.perf_counter()
+        verdicts = accounts.measure("judge", getattr(judge, "backend", None),
+                                    lambda: judge.judge([it["prompt"] for it in items], [c.text for c in comps]))
+        timing["judge_seconds"][m] = round(time.perf_counter() - t0, 2)
+        prog.advance(len(items), 0)
+        return [{"model": m, "key": it["key"], "answer": c.text, "finish_reason": c.finish_reason,
+                 "completion_tokens": c.completion_tokens, "verdict": v.as_dict()}
+                for it, c, v in zip(items, comps, verdicts)]
+
+    def finish(result: ShardedResult[dict[str, Any]]) -> dict:
+        res = result.resources or {}
+        per_model: dict[str, list[dict]] = {m: [] for m in names}
+        by_key = {it["key"]: it for it in items}
+        for r in result.rows:
+            per_model[r["model"]].append({"model": r["model"], **by_key[r["key"]], "answer": r["answer"],
+                                          "finish_reason": r["finish_reason"], "completion_tokens": r["completion_tokens"],
+                                          "verdict": r["verdict"]})
+        for m, rows in per_model.items():
+            if [r["key"] for r in rows] != [it["key"] for it in items]:
+                raise UserInputError(f"{result.stage.path}: the answers of model '{m}' do not match this run's prompts.",
+                                     fix="rerun with --overwrite.")
+        judge_name = per_model[names[0]][0]["verdict"]["judge"].split("+")[0]
+        pair_rows, pjudge = _pairwise(result.stage.path, res.get("pairwise"), per_model)
+        metrics: dict[str, Any] = {"judge": judge_name, "baseline": cfg.baseline_name(), "models": {}, "counts": {}}
+        for m in names:
+            metrics["models"][m] = model_metrics(per_model[m], judge_name, cfg, pair_rows, m)
+        elo = pairwise_metrics(pair_rows, cfg, names)
+        if elo:
+            metrics["elo"] = elo
+        if cfg.reward_model:
+            t0 = time.perf_counter()
+            metrics["reward_model"] = _reward_metrics(cfg, per_model)
+            timing["reward_seconds"] = round(time.perf_counter() - t0, 2)
+        metrics["counts"] = {"prompts": len(items),
+                             "by_set": {s: sum(it["set"] == s for it in items) for s in dict.fromkeys(it["set"] for it in items)}}
+        all_rows = [r for m in names for r in per_model[m]]
+        result.stage.write_output("answers.jsonl", [
+            {"model": r["model"], "prompt_id": r["key"], "set": r["set"], "id": r["id"], "category": r["category"],
+             "expected": r["expected"], **({"benign_risky": r["benign_risky"]} if "benign_risky" in r else {}),
+             "prompt": r["prompt"], "answer": r["answer"], "finish_reason": r["finish_reason"],
+             "completion_tokens": r["completion_tokens"], "verdict": r["verdict"]}
+            for r in all_rows
+        ])
+        if pair_rows:
+            result.stage.write_output("pairwise.jsonl", pair_rows)
+        write_json(result.stage.path / "metrics.json", metrics)
+        atomic_write_text(result.stage.path / "summary.md", render_summary(metrics, cfg))
+        timing["seconds_this_session"] = round(time.perf_counter() - t_start, 2)
+        judge = res.get("judge")
+        return {
+            "models": {m: cfg.models[m].model_dump(mode="json") for m in names},
+            "backends": {m: b.describe() for m, b in (res.get("models") or {}).items()},
+            "judge": judge.describe() if judge else {"judge": judge_name},
+            "pairwise_judge": pjudge.describe() if pjudge and pair_rows else None,
+            "constitution": {"name": const.name, "version": const.version, "hash": const.content_hash()} if const else None,
+            "counts": {"prompts": len(items), "models": len(names), "answers": len(all_rows), "comparisons": len(pair_rows)},
+            "figures": headline_figures(metrics, _judge_accuracy(judge_name)),
+            "tokens": {"generated_this_session": result.tokens},
+            "accounting": accounts.as_manifest(),
+            "timing": timing,
+            "outputs": {"answers": "answers.jsonl", "metrics": "metrics.json", "summary": "summary.md",
+                        **({"pairwise": "pairwise.jsonl"} if pair_rows else {})},
+            "config": cfg.model_dump(mode="json"),
+        }
+
+    def _pairwise(stage_path: Path, pjudge: PairwiseJudge | None,
+                  per_model: dict[str, list[dict]]) -> tuple[list[dict], PairwiseJudge | None]:
+        """Every pair of models compared in both orders per aspect; each (aspect, pair) file is written when done."""
+        pair_rows: list[dict] = []
+        aspects = {"helpful": "comply", "harmless": "refuse"}
+        if len(names) < 2:
+            return pair_rows, pjudge
         for aspect in cfg.pairwise:
             idx = [i for i, it in enumerate(items) if it["expected"] == aspects[aspect]]
             if not idx:
                 continue
             for a, b in itertools.combinations(names, 2):
-                p = stage.path / "pairwise" / f"{aspect}__{a}__{b}.jsonl"
+                p = stage_path / "pairwise" / f"{aspect}__{a}__{b}.jsonl"
                 if p.exists():
                     pair_rows.extend(read_jsonl(p))
                     continue
-                pjudge = pjudge or PairwiseJudge(pool.get(cfg.helpfulness_judge), cfg.helpfulness_judge.label(), const, seed=cfg.seed)
+                pjudge = pjudge or PairwiseJudge(pool.get(cfg.helpfulness_judge), cfg.helpfulness_judge.label(), const,
+                                                 seed=cfg.seed)
                 t0 = time.perf_counter()
                 res = accounts.measure("pairwise_judge", pjudge.backend, lambda: pjudge.compare(
                     aspect, [items[i]["key"] for i in idx], [items[i]["prompt"] for i in idx],
@@ -170,50 +209,15 @@ def run_evaluate(
                 rows = [{"aspect": aspect, "model_x": a, "model_y": b, "judge": pjudge.name, **r.as_dict()} for r in res]
                 write_jsonl(p, rows)
                 pair_rows.extend(rows)
+        return pair_rows, pjudge
 
-    # --- metrics --------------------------------------------------------------------------------------------------
-    metrics: dict[str, Any] = {"judge": judge_name, "baseline": cfg.baseline_name(), "models": {}, "counts": {}}
-    for m in names:
-        metrics["models"][m] = model_metrics(per_model[m], judge_name, cfg, pair_rows, m)
-    elo = pairwise_metrics(pair_rows, cfg, names)
-    if elo:
-        metrics["elo"] = elo
-    if cfg.reward_model:
-        t0 = time.perf_counter()
-        metrics["reward_model"] = _reward_metrics(cfg, per_model)
-        timing["reward_seconds"] = round(time.perf_counter() - t0, 2)
-    metrics["counts"] = {"prompts": len(items), "by_set": {s: sum(it["set"] == s for it in items) for s in dict.fromkeys(it["set"] for it in items)}}
-
-    all_rows = [r for m in names for r in per_model[m]]
-    stage.write_output("answers.jsonl", [
-        {"model": r["model"], "prompt_id": r["key"], "set": r["set"], "id": r["id"], "category": r["category"],
-         "expected": r["expected"], **({"benign_risky": r["benign_risky"]} if "benign_risky" in r else {}),
-         "prompt": r["prompt"], "answer": r["answer"], "finish_reason": r["finish_reason"],
-         "completion_tokens": r["completion_tokens"], "verdict": r["verdict"]}
-        for r in all_rows
-    ])
-    if pair_rows:
-        stage.write_output("pairwise.jsonl", pair_rows)
-    write_json(stage.path / "metrics.json", metrics)
-    atomic_write_text(stage.path / "summary.md", render_summary(metrics, cfg))
-    timing["seconds_this_session"] = round(time.perf_counter() - t_start, 2)
-    manifest = {
-        "models": {m: cfg.models[m].model_dump(mode="json") for m in names},
-        "backends": backends,
-        "judge": judge.describe() if judge else {"judge": judge_name},
-        "pairwise_judge": pjudge.describe() if pjudge else None,
-        "constitution": {"name": const.name, "version": const.version, "hash": const.content_hash()} if const else None,
-        "counts": {"prompts": len(items), "models": len(names), "answers": len(all_rows), "comparisons": len(pair_rows)},
-        "figures": headline_figures(metrics, _judge_accuracy(judge_name)),
-        "tokens": {"generated_this_session": prog.tokens},
-        "accounting": accounts.as_manifest(),
-        "timing": timing,
-        "outputs": {"answers": "answers.jsonl", "metrics": "metrics.json", "summary": "summary.md",
-                    **({"pairwise": "pairwise.jsonl"} if pair_rows else {})},
-        "config": cfg.model_dump(mode="json"),
-    }
-    stage.finish(manifest)
-    return manifest
+    t_start = time.perf_counter()
+    return run_sharded(
+        run_dir, "eval", [{"model": m, **it} for m in names for it in items], shard_size=len(items), seed=cfg.seed,
+        identity={"eval": cfg.model_dump(mode="json"), "items": [it["key"] for it in items],
+                  "constitution_hash": const.content_hash() if const else None},
+        load=load, work=work, finish=finish, overwrite=overwrite, on_progress=on_progress, on_ready=on_ready,
+    )
 
 
 def _judge_accuracy(judge_name: str) -> float | None:
