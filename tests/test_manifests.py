@@ -181,3 +181,21 @@ def test_report_reads_typed_manifests_figures_and_accounting(tmp_path):
     data = load_run(run)
     assert data["stages"]["label"]["model"] is None
     assert any("not a valid label manifest" in w["text"] for w in data["warnings"])
+
+
+def test_label_accounting_counts_only_this_stage_calls(tmp_path):
+    from cai.backends.base import GenParams
+    from cai.stages.label import LabelConfig, run_label
+
+    pairs = tmp_path / "pairs.jsonl"
+    write_jsonl(pairs, [{"id": f"p{i}", "prompt": f"Question {i}?", "responses": [SHORT[i % 3], LONG[i % 2]]}
+                        for i in range(5)])
+    labeler = FakeBackend(logprob_fn=lambda conv, option: None, fn=lambda conv: "(A)")
+    labeler.generate([[{"role": "user", "content": "an earlier stage used this backend"}]], GenParams())
+    pool = BackendPool()
+    pool.put("fake", labeler)
+    run_label(LabelConfig(labeler="fake", pairs=str(pairs), shard_size=2), str(tmp_path / "run"), pool=pool)
+    acc = load_manifest("label", tmp_path / "run" / "label").accounting["labeler"]
+    assert acc.calls == 3  # one parse call per shard (5 comparisons in shards of 2), not the earlier call
+    assert acc.completion_tokens == 5 * 2  # "(A)" is one word, both orders of 5 comparisons
+    assert acc.prompt_tokens > 0
