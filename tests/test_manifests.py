@@ -199,3 +199,24 @@ def test_label_accounting_counts_only_this_stage_calls(tmp_path):
     assert acc.calls == 3  # one parse call per shard (5 comparisons in shards of 2), not the earlier call
     assert acc.completion_tokens == 5 * 2  # "(A)" is one word, both orders of 5 comparisons
     assert acc.prompt_tokens > 0
+
+
+def test_priced_role_shows_money_in_the_report(tmp_path):
+    from cai.report import build_report
+    from cai.stages.evaluate import EvalConfig, run_evaluate
+
+    class PricedFake(FakeBackend):
+        price_per_million = (1.0, 4.0)  # as an OpenAI-compatible server with a configured price
+
+    priced = PricedFake("server", fn=lambda c: "I can't help with that, sorry.")
+    pool = BackendPool()
+    pool.put("fake:server", priced)
+    run_evaluate(EvalConfig(models={"server": "fake:server"}, limit=2, bootstrap_samples=100), str(tmp_path), pool=pool)
+    acc = load_manifest("eval", tmp_path / "eval").accounting["model:server"]
+    assert acc.cost == pytest.approx((acc.prompt_tokens * 1.0 + acc.completion_tokens * 4.0) / 1e6) and acc.cost > 0
+    assert acc.currency == "USD" and acc.completion_tokens == 4 * 6  # 2 harmful + 2 benign prompts, 6 words each
+    out = build_report(tmp_path)
+    html = Path(out["html"]).read_text(encoding="utf-8")
+    md = Path(out["summary"]).read_text(encoding="utf-8")
+    assert "<th>cost</th>" in html and f"{acc.cost:.4f} USD" in html
+    assert "| cost |" in md and f"| model:server | 1 | {acc.prompt_tokens} | 24 |" in md

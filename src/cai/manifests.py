@@ -16,6 +16,7 @@ report, CLI summaries, the pipeline) go through them instead of indexing dicts b
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -134,6 +135,54 @@ def stats_delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]
             if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
+def price_of(backend: Any) -> tuple[float, float] | None:
+    """(prompt, completion) money per million tokens a backend is configured with, if any: its ``price_per_million``
+    attribute or the same key in :meth:`describe` (an OpenAI-compatible server with a price)."""
+    price = getattr(backend, "price_per_million", None)
+    if price is None and hasattr(backend, "describe"):
+        price = backend.describe().get("price_per_million")
+    if isinstance(price, (list, tuple)) and len(price) == 2 and all(isinstance(x, (int, float)) for x in price):
+        return float(price[0]), float(price[1])
+    return None
+
+
+class RoleMeter:
+    """Accounts each role's backend calls in a stage: what the calls made for a role added to the backend's counters
+    (one backend may serve several roles, or earlier stages), the wall time they took, and money where priced::
+
+        meter = RoleMeter()
+        comps = meter.measure("policy", backend, lambda: backend.generate(convs, params))
+        manifest["accounting"] = meter.as_manifest()
+    """
+
+    def __init__(self) -> None:
+        self._roles: dict[str, dict[str, Any]] = {}
+        self._price: dict[str, tuple[float, float] | None] = {}
+
+    def measure(self, role: str, backend: Any, fn: Any) -> Any:
+        """Run ``fn()`` and add what it cost to ``role``. ``backend`` None (a judge without a model) records nothing."""
+        if backend is None:
+            return fn()
+        before = backend.stats.as_dict()
+        t0 = time.perf_counter()
+        try:
+            return fn()
+        finally:
+            delta = stats_delta(before, backend.stats.as_dict())
+            delta["_seconds"] = time.perf_counter() - t0
+            prev = self._roles.get(role, {})
+            self._roles[role] = {k: v + prev.get(k, 0) for k, v in delta.items()}
+            self._price[role] = price_of(backend)
+
+    def accounting(self) -> dict[str, RoleAccounting]:
+        return {role: accounting_from_stats(d, wall_seconds=d["_seconds"], price_per_million=self._price.get(role))
+                for role, d in self._roles.items()}
+
+    def as_manifest(self) -> dict[str, dict[str, Any]]:
+        """The manifest's ``accounting`` section."""
+        return {role: a.model_dump(mode="json", exclude_none=True) for role, a in self.accounting().items()}
+
+
 # --- the common part ------------------------------------------------------------------------------------------------
 class ConstitutionRef(BaseModel):
     model_config = ConfigDict(extra="allow")
@@ -165,7 +214,7 @@ class StageManifest(BaseModel):
     def role_accounting(self) -> dict[str, RoleAccounting]:
         """Per-role accounting; for a manifest without it, what its raw backend counters (``tokens.backend_stats``)
         say, per backend (role :attr:`DEFAULT_ROLE` when the stage has one backend)."""
-        if self.accounting:
+        if self.accounting is not None:
             return dict(self.accounting)
         raw = (self.tokens or {}).get("backend_stats")
         if not isinstance(raw, dict) or not raw:

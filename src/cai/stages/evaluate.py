@@ -28,7 +28,7 @@ from cai.evaluate.items import PREFERENCE_KINDS, conversation, load_items
 from cai.evaluate.judges import PairwiseJudge, make_refusal_judge
 from cai.evaluate.metrics import MEASURED, headline_figures, model_metrics, pairwise_metrics, reward_metrics
 from cai.evaluate.render import render_summary, summary_path
-from cai.manifests import accounting_from_stats, stats_delta
+from cai.manifests import RoleMeter
 from cai.progress import Progress
 from cai.stages.sharded import Shard, ShardedResult, run_sharded
 
@@ -44,31 +44,6 @@ def _reward_scorer(path: str):
             fix="install the full toolkit (pip install -e .), or drop reward_model from the eval config.",
         ) from None
     return RewardScorer(path)
-
-
-class _Accounts:
-    """Per-role accounting: what each role's calls added to its backend's counters (backends may be shared)."""
-
-    def __init__(self) -> None:
-        self.roles: dict[str, dict] = {}
-
-    def measure(self, role: str, backend: Any, fn: Callable[[], Any]) -> Any:
-        before = backend.stats.as_dict() if backend is not None else {}
-        t0 = time.perf_counter()
-        out = fn()
-        seconds = time.perf_counter() - t0
-        if backend is not None:
-            delta = stats_delta(before, backend.stats.as_dict())
-            prev = self.roles.get(role)
-            if prev:
-                delta = {k: v + prev.get(k, 0) if isinstance(v, (int, float)) else v for k, v in delta.items()}
-                seconds += prev.get("_seconds", 0.0)
-            self.roles[role] = {**delta, "_seconds": seconds}
-        return out
-
-    def as_manifest(self) -> dict[str, dict]:
-        return {role: accounting_from_stats(d, wall_seconds=d["_seconds"]).model_dump(mode="json", exclude_none=True)
-                for role, d in self.roles.items()}
 
 
 def run_evaluate(
@@ -98,7 +73,7 @@ def run_evaluate(
         const = load_constitution(cfg.constitution)
     pool = pool or BackendPool()
     names = list(cfg.models)
-    accounts = _Accounts()
+    accounts = RoleMeter()
     timing: dict[str, Any] = {"generate_seconds": {}, "judge_seconds": {}}
 
     def load() -> dict[str, Any]:

@@ -45,7 +45,7 @@ from cai.errors import ConfigError, UserInputError
 from cai.labeling import prompts as P
 from cai.labeling import softlabel as S
 from cai.labeling.mc import score_choices
-from cai.manifests import Figure, accounting_from_stats, stats_delta
+from cai.manifests import Figure, RoleMeter
 from cai.stages.sharded import Shard, ShardedResult, run_sharded
 from cai.progress import Progress
 
@@ -411,12 +411,7 @@ def run_label(
     path, pair_rows = load_pair_rows(cfg, run_dir)
     comps, skipped = comparisons(pair_rows)
     pool = pool or BackendPool()
-    at_load: dict[str, Any] = {}  # the labeler's counters when this session loaded it (a backend may serve other stages)
-
-    def load() -> Backend:
-        labeler = pool.get(cfg.labeler)
-        at_load.update(labeler.stats.as_dict())
-        return labeler
+    meter = RoleMeter()  # what this session's labeling calls cost (the backend may also serve other stages)
 
     def finish(result: ShardedResult[Backend]) -> dict:
         rows, labeler = result.rows, result.resources
@@ -433,8 +428,7 @@ def run_label(
             "labels": stats,
             "warnings": stats["warnings"],
             "tokens": {"generated_this_session": result.tokens, "backend_stats": labeler.stats.as_dict()},
-            "accounting": {"labeler": accounting_from_stats(stats_delta(at_load, labeler.stats.as_dict()))
-                           .model_dump(mode="json", exclude_none=True)},
+            "accounting": meter.as_manifest(),
             "timing": {
                 "seconds_this_session": timing["seconds_this_session"],
                 "rows_this_session": done_now,
@@ -449,7 +443,8 @@ def run_label(
         run_dir, "label", comps, shard_size=cfg.shard_size, seed=cfg.seed,
         identity={"label": cfg.model_dump(mode="json"), "constitution_hash": const.content_hash(),
                   "pairs_hash": _file_hash(path)},
-        load=load,
-        work=lambda shard, labeler, prog: label_shard(shard, const, cfg, labeler, prog),
+        load=lambda: pool.get(cfg.labeler),
+        work=lambda shard, labeler, prog: meter.measure("labeler", labeler,
+                                                        lambda: label_shard(shard, const, cfg, labeler, prog)),
         finish=finish, overwrite=overwrite, on_progress=on_progress, on_ready=on_ready,
     )
