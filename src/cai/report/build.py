@@ -1,7 +1,8 @@
 """``cai report RUN_DIR``: one self-contained HTML page and a Markdown summary of everything a run produced.
 
-The report reads whatever stage folders exist (``revise``, ``pairs``, ``label``, ``sft``, ``reward``, ``dpo``, ``rl``,
-``eval``); a stage that is absent is shown as "not run", one without ``manifest.json`` as "unfinished". Sections:
+The report reads whatever stage folders exist (the stages of :mod:`cai.registry`); a stage that is absent is shown as
+"not run", one without ``manifest.json`` as "unfinished", and each manifest is read through its typed model
+(:func:`cai.manifests.load_manifest`; an invalid one is listed among the warnings). Sections:
 
 * header: run, constitution (name, version, hash), the models of every stage, dates, warnings;
 * evaluation: every model's numbers with n, 95% interval and the judge that produced them; the
@@ -12,13 +13,19 @@ The report reads whatever stage folders exist (``revise``, ``pairs``, ``label``,
 * training curves of ``sft``, ``reward``, ``dpo`` and ``rl`` from their ``metrics.jsonl``;
 * the reward model's held-out accuracy and calibration (ECE);
 * AI-label statistics (position consistency, confidence histogram, kept after filtering) with their warnings;
+* time, tokens and money per stage and role (calls, prompt / completion / cached-prefix tokens, seconds, tokens/s,
+  cost where a role has a price);
 * a browsable table of the critique-revision traces, each revision shown as a word-level diff of what it changed.
+
+Modules: :mod:`~cai.report.read` (the run's files and manifests, warnings), :mod:`~cai.report.figures` (figures as
+text and HTML), :mod:`~cai.report.judges` (the judge table), :mod:`~cai.report.html_eval` and
+:mod:`~cai.report.html_stages` (the HTML sections), :mod:`~cai.report.page` (CSS, JavaScript, the page),
+:mod:`~cai.report.markdown` (``summary.md``), :mod:`~cai.report.diff` (word diffs), :mod:`~cai.report.svg` (charts).
 
 Everything model-written is untrusted text and is HTML-escaped. The page has no external resources: inline CSS,
 inline SVG charts (:mod:`cai.report.svg`) and a few lines of inline JavaScript for filtering the trace table.
 Both files are written atomically to ``RUN_DIR/report/`` (or ``out_dir``).
 """
-
 
 from __future__ import annotations
 
