@@ -81,6 +81,11 @@ def test_pipeline_set_overrides_a_section(runner, tmp_path):
     m = json.loads((tmp_path / "runs" / "s" / "revise" / "manifest.json").read_text())
     assert m["config"]["rounds"] == 1 and m["config"]["shard_size"] == 1
     assert "revise done" in r.output and "pipeline done" in r.output
+    r = runner.invoke(app, ["pipeline", str(cfg), "--set", "revise.rounds=1", "--set", "revise.critic.batch_size=3",
+                            "--run", "s2"])
+    assert r.exit_code == 0, r.output
+    m = json.loads((tmp_path / "runs" / "s2" / "revise" / "manifest.json").read_text())
+    assert m["config"]["critic"]["batch_size"] == 3 and m["config"]["critic"]["backend"] == "fake"
     r = runner.invoke(app, ["pipeline", str(cfg), "--set", "revise.roundz=1"])
     assert r.exit_code == 2 and "roundz" in r.output
 
@@ -91,3 +96,11 @@ def test_the_report_charts_the_curves_the_registry_declares():
     assert REPORT_STAGES == registry.PIPELINE_STAGES
     for name in registry.TRAINING_STAGES:
         assert [key for key, _, _ in CURVES[name]] == list(registry.get(name).curves), name
+
+
+def test_settings_without_a_model_refine_the_default_model(tmp_path):
+    planned = list(STAGES)
+    w = registry.wire("revise", {"critic": {"batch_size": 3}}, tmp_path, base=BASE, planned=planned)
+    assert w["critic"] == {**BASE, "batch_size": 3} and w["policy"] == BASE
+    w = registry.wire("pairs", {"policy": {"batch_size": 3}}, tmp_path, base=BASE, planned=planned)
+    assert w["policy"] == {"backend": "transformers", "model": str(tmp_path / "sft" / "model"), "batch_size": 3}

@@ -77,7 +77,12 @@ def load_pipeline_config(path: str, sets: list[str] | None = None) -> Any:
     """The pipeline YAML, with ``section.key=value`` assignments (``--set``) applied on top."""
     data = read_yaml(path)
     for assignment in sets or ():
-        set_path(PipelineConfig, data, assignment)
+        section, dot, rest = assignment.partition(".")
+        if dot and section in STAGES and "=" in rest and isinstance(data.get(section, {}), dict):
+            # a stage's setting: nested ones are typed by that stage's config (e.g. revise.critic.base_url=...)
+            set_path(registry.get(section).config_class(), data.setdefault(section, {}), rest)
+        else:
+            set_path(PipelineConfig, data, assignment)
     return build_config(PipelineConfig, data, source=str(path))
 
 

@@ -190,18 +190,25 @@ def wire(name: str, section: dict[str, Any], run_dir: str | Path, *, base: dict[
     s = dict(section)
     for role in rec.roles:
         if base is not None:
-            s.setdefault(role, base)
+            s[role] = _on_base(s[role], base) if role in s else base
     fields = rec.config_class().model_fields if leave_null else {}
     for inp in rec.inputs:
-        if inp.field in s or not inp.as_model:
+        if not inp.as_model:
             continue  # file inputs: each stage resolves its own default ('revise', 'label', null) itself
-        if leave_null and inp.field in fields and fields[inp.field].get_default(call_default_factory=True) is None:
+        given = s.get(inp.field)
+        if given is not None and not _partial(given):
+            continue
+        if given is None and leave_null and fields[inp.field].get_default(call_default_factory=True) is None:
             continue
         p = output(run_dir, inp.stage, inp.path)
         if inp.stage in planned or _exists(p):
-            s[inp.field] = {"backend": "transformers", "model": str(p)}
-        elif inp.fallback == "base" and base is not None:
-            s[inp.field] = base
+            target: dict[str, Any] | None = {"backend": "transformers", "model": str(p)}
+        elif inp.fallback == "base":
+            target = base
+        else:
+            target = None
+        if target is not None:  # settings given without a model (e.g. only batch_size) refine the default model
+            s[inp.field] = {**target, **given} if given else target
     if name == "eval" and "models" not in s and base is not None:
         models: dict[str, Any] = {"base": base}
         for label, stage in EVAL_MODELS.items():
@@ -210,6 +217,15 @@ def wire(name: str, section: dict[str, Any], run_dir: str | Path, *, base: dict[
                 models[label] = {"backend": "transformers", "model": str(p)}
         s["models"] = models
     return s
+
+
+def _partial(value: Any) -> bool:
+    """Model settings that name no model (``{batch_size: 8}``): they refine the model the field defaults to."""
+    return isinstance(value, dict) and not {"backend", "model"} & value.keys()
+
+
+def _on_base(value: Any, base: dict[str, Any]) -> Any:
+    return {**base, **value} if _partial(value) else value
 
 
 def call(name: str, cfg: Any, run_dir: str | Path, *, overwrite: bool = False, pool: Any = None,
