@@ -166,3 +166,9 @@ def test_a_misspelled_nested_setting_lists_the_settings_it_sits_in(runner, tmp_p
     text = " ".join(r.output.split())
     assert r.exit_code == 2 and "critic.basee_url: unknown setting" in text
     assert "base_url" in text and "rounds" not in text
+
+
+def test_a_wrong_choice_is_the_same_error_as_in_a_file(runner, tmp_path):
+    r = runner.invoke(app, ["rl", "--algorithm", "a2c", "--runs-dir", str(tmp_path)])
+    text = " ".join(r.output.split())
+    assert r.exit_code == 2 and "algorithm: Input should be 'grpo', 'rloo' or 'ppo'" in text and "fix:" in text

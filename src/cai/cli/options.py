@@ -96,9 +96,11 @@ def flags_for(cls: type[BaseModel], extra_aliases: dict[str, tuple[str, ...]] | 
         metavar = None
         if t is bool:
             kind, ann, decls = "bool", Optional[bool], (f"{dashed}/--no-{name.replace('_', '-')}",)
-        elif t in (int, float, str) or (typing.get_origin(t) is Literal
-                                        and all(isinstance(a, str) for a in typing.get_args(t))):
+        elif t in (int, float, str):
             kind, ann, decls = "scalar", Optional[t], (dashed, *aliases)
+        elif typing.get_origin(t) is Literal and all(isinstance(a, str) for a in typing.get_args(t)):
+            # checked by the config, so a wrong choice gets the same located error as one in a YAML file
+            kind, ann, decls, metavar = "scalar", Optional[str], (dashed, *aliases), "|".join(typing.get_args(t))
         elif _is_model(t):
             kind, ann, decls, metavar = "model", Optional[str], (dashed, *aliases), "MODEL"
         elif typing.get_origin(t) is dict and typing.get_args(t)[0] is str:
