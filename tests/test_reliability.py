@@ -457,3 +457,12 @@ def test_write_json_masks_credentials(tmp_path):
     write_json(tmp_path / "x.json", {"base_url": "http://u:secret@h/v1?api_key=k2", "label": "openai:m@http://u:secret@h"})
     text = (tmp_path / "x.json").read_text()
     assert "secret" not in text and "k2" not in text and "***" in text
+
+
+def test_markup_like_run_names_and_paths_never_crash_the_printer(runner, tmp_path):
+    prompts = tmp_path / "p[/].jsonl"
+    write_prompts(prompts)
+    r = invoke(runner, args(prompts, tmp_path / "runs[/]", model="fake")[:-4]
+               + ["--run", "x[/]y", "--runs-dir", str(tmp_path / "runs[/]")])
+    assert "x[/]y" in r.output
+    assert (tmp_path / "runs[/]" / "x[/]y" / "revise" / "manifest.json").exists()

@@ -8,13 +8,26 @@ import sys
 from typing import Callable
 
 from rich.console import Console
+from rich.errors import MarkupError
 from rich.markup import escape
 
 from cai.errors import CaiError
 from cai.redact import redact_text
 
-console = Console(stderr=True)
-out = Console()
+class _Console(Console):
+    """A console that never crashes on text that looks like broken markup (a path or id holding "[/]"): such a
+    line is printed as plain text instead. Messages should still ``escape()`` user text."""
+
+    def print(self, *objects, **kwargs) -> None:  # type: ignore[override]
+        try:
+            super().print(*objects, **kwargs)
+        except MarkupError:
+            kwargs["markup"] = False
+            super().print(*objects, **kwargs)
+
+
+console = _Console(stderr=True)
+out = _Console()
 DEBUG = {"on": bool(os.environ.get("CAI_DEBUG"))}
 
 
