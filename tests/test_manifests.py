@@ -220,3 +220,14 @@ def test_priced_role_shows_money_in_the_report(tmp_path):
     md = Path(out["summary"]).read_text(encoding="utf-8")
     assert "<th>cost</th>" in html and f"{acc.cost:.4f} USD" in html
     assert "| cost |" in md and f"| model:server | 1 | {acc.prompt_tokens} | 24 |" in md
+
+
+def test_format_figure_one_text_form_for_report_and_eval_summary():
+    from cai.manifests import format_figure
+
+    f = Figure.rate(3, 8, "j")
+    assert format_figure(f) == format_figure(f.as_dict()) == "37.5% [13.7, 69.4] n=8"
+    assert format_figure({"value": 0.4123, "ci95": [0.3, 0.5], "n": 40}, pct=False, digits=3) == "0.412 [0.300, 0.500] n=40"
+    assert format_figure({"value": 0.5, "n": 4}, with_n=False) == "50.0%"
+    assert format_figure(None) == "–" and format_figure({"value": None}, missing="-") == "-"
+    assert format_figure({"value": 0.5, "ci95": [None, 0.7], "n": 2}) == "50.0% n=2"  # a broken interval is left out

@@ -16,6 +16,7 @@ report, CLI summaries, the pipeline) go through them instead of indexing dicts b
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any, ClassVar
@@ -84,6 +85,27 @@ def as_figure(obj: Any) -> Figure | None:
         return Figure.model_validate(obj)
     except ValidationError:
         return None
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def format_figure(f: dict[str, Any] | Figure | None, *, pct: bool = True, digits: int = 1, with_n: bool = True,
+                  missing: str = "–") -> str:
+    """A figure as plain text: ``12.5% [5.1, 27.0] n=40`` (``pct``) or ``0.412 [0.3, 0.5] n=40``; ``missing`` when
+    there is no value."""
+    d = f.as_dict() if isinstance(f, Figure) else f
+    if not isinstance(d, dict) or not _finite(d.get("value")):
+        return missing
+    scale = 100 if pct else 1
+    s = f"{scale * d['value']:.{digits}f}" + ("%" if pct else "")
+    ci = d.get("ci95")
+    if ci and len(ci) == 2 and all(_finite(c) for c in ci):
+        s += f" [{scale * ci[0]:.{digits}f}, {scale * ci[1]:.{digits}f}]"
+    if with_n and d.get("n") is not None:
+        s += f" n={d['n']}"
+    return s
 
 
 # --- accounting -----------------------------------------------------------------------------------------------------

@@ -5,21 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from cai.evaluate.config import EvalConfig
+from cai.manifests import format_figure
 
 
 def _fmt(f: dict | None, pct: bool = True, digits: int = 1) -> str:
-    if not f or f.get("value") is None:
-        return "-"
-    v, ci = f["value"], f.get("ci95")
-    if pct:
-        s = f"{100 * v:.{digits}f}%"
-        if ci:
-            s += f" [{100 * ci[0]:.{digits}f}, {100 * ci[1]:.{digits}f}]"
-    else:
-        s = f"{v:.{digits}f}"
-        if ci:
-            s += f" [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
-    return s + f" n={f['n']}"
+    return format_figure(f, pct=pct, digits=digits, missing="-")
 
 
 def render_summary(metrics: dict, cfg: EvalConfig) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from cai.manifests import LabelManifest
+from cai.manifests import LabelManifest, format_figure
 from cai.report.svg import esc
 
 
@@ -25,21 +25,8 @@ def wilson_fig(rate: float | None, n: int | None, judge: str | None = None) -> d
 
 
 def fmt_fig(f: dict | None, *, pct: bool = True, digits: int = 1, with_n: bool = True) -> str:
-    """``12.5% [5.1, 27.0] n=40`` (plain text)."""
-    if not isinstance(f, dict) or not is_num(f.get("value")):
-        return "–"
-    v, ci = f["value"], f.get("ci95")
-    if pct:
-        s = f"{100 * v:.{digits}f}%"
-        if ci and all(is_num(c) for c in ci):
-            s += f" [{100 * ci[0]:.{digits}f}, {100 * ci[1]:.{digits}f}]"
-    else:
-        s = f"{v:.{digits}f}"
-        if ci and all(is_num(c) for c in ci):
-            s += f" [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
-    if with_n and f.get("n") is not None:
-        s += f" n={f['n']}"
-    return s
+    """``12.5% [5.1, 27.0] n=40`` (plain text; :func:`cai.manifests.format_figure`)."""
+    return format_figure(f, pct=pct, digits=digits, with_n=with_n)
 
 
 def fig_html(f: dict | None, *, pct: bool = True, digits: int = 1, default_judge: str | None = None) -> str:
