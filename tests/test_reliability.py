@@ -460,7 +460,8 @@ def test_write_json_masks_credentials(tmp_path):
 
 
 def test_markup_like_run_names_and_paths_never_crash_the_printer(runner, tmp_path):
-    prompts = tmp_path / "p[/].jsonl"
+    prompts = tmp_path / "p[/].jsonl"  # a folder "p[" holding "].jsonl"
+    prompts.parent.mkdir()
     write_prompts(prompts)
     r = invoke(runner, args(prompts, tmp_path / "runs[/]", model="fake")[:-4]
                + ["--run", "x[/]y", "--runs-dir", str(tmp_path / "runs[/]")])
