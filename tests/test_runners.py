@@ -282,3 +282,32 @@ def test_the_own_ppo_loop_feeds_the_trackers_like_a_trl_trainer(tmp_path, monkey
     trackers.log(3, {"step": 3, "reward": 0.5, "kl": 0.01, "time": 1.0, "note": "text"})
     trackers.close()
     assert calls == [("begin", "demo/rl", ["tensorboard"]), ("log", 3, {"reward": 0.5, "kl": 0.01}), ("end",)]
+
+
+def test_resuming_from_the_last_steps_checkpoint_trains_no_step_again(tmp_path):
+    """A Trainer resumed from its final checkpoint part-way through an epoch would train one step more; fit() takes
+    the final weights from the checkpoint instead."""
+    import torch
+    from transformers import Trainer, TrainingArguments
+
+    from cai.train.runner import TrainingRun
+
+    def trainer_for(model):
+        data = [{"input_ids": torch.tensor([2, 3, 2]), "labels": torch.tensor([2, 3, 2])} for _ in range(6)]
+        kw = trainer_kwargs(TrainSettings(device="cpu", max_steps=2, logging_steps=1, batch_size=2, save_steps=1),
+                            tmp_path / "x" / "checkpoints", default_lr=1e-2, run_name="r/x")
+        return Trainer(model=model, args=TrainingArguments(**kw), train_dataset=data)
+
+    def run(resume_from, resume_step):
+        return TrainingRun(stage=StageDir(tmp_path, "x"), state="resume", device="cpu", run_name="r/x",
+                           resume_from=resume_from, resume_step=resume_step, reporter=StepReporter("x", echo=False))
+
+    torch.manual_seed(0)
+    first, _ = _tiny_model_and_tokenizer()
+    done = run(None, 0).fit(trainer_for(first))
+    assert done["training"]["steps"] == 2  # 3 batches per epoch: the run stopped inside the epoch
+    trained = {k: v.clone() for k, v in first.state_dict().items()}
+    fresh, _ = _tiny_model_and_tokenizer()
+    again = run(str(tmp_path / "x" / "checkpoints" / "checkpoint-2"), 2).fit(trainer_for(fresh))
+    assert again["training"]["steps"] == 2 and again["training"]["steps_this_session"] == 0
+    assert all(torch.equal(trained[k], v) for k, v in fresh.state_dict().items())

@@ -29,10 +29,13 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
-from cai.seeding import rng, seed_torch, torch_generator
+from cai.seeding import rng, seed_torch, step_seed, torch_generator
 from cai.train.logs import append_line
 from cai.train.models import load_causal_lm, lora_config
 from cai.train.settings import resolve_report_to, use_bf16
+
+ROLLOUTS, MINIBATCHES = 0, 1
+"""Streams of :func:`cai.seeding.step_seed`: the rollout sampling and the minibatch order of each step."""
 
 if TYPE_CHECKING:
     from cai.stages.rl import RLStageConfig
@@ -315,7 +318,7 @@ def ppo_train(cfg: "RLStageConfig", policy_path: Path, tok, rows: list[dict], re
         prompts = [rows[i]["prompt"] for i in idx for _ in range(cfg.num_generations)]
         # --- rollout and scoring -------------------------------------------------------------------------------
         with autocast():
-            ids, attn, P, comp, cmask = pol.rollout(prompts, seed=cfg.seed * 1_000_003 + step)
+            ids, attn, P, comp, cmask = pol.rollout(prompts, seed=step_seed(cfg.seed, step, ROLLOUTS))
             with torch.no_grad():
                 old_logp, old_values, entropy = pol.logp_values(ids, attn, P)
                 ref_logp = pol.ref_logp(ids, attn, P) if cfg.beta > 0 else old_logp
@@ -336,7 +339,7 @@ def ppo_train(cfg: "RLStageConfig", policy_path: Path, tok, rows: list[dict], re
         grad_norms = []
         R = ids.shape[0]
         mb = max(1, math.ceil(R / cfg.ppo_minibatches))
-        g = torch_generator(cfg.seed * 7919 + step)
+        g = torch_generator(step_seed(cfg.seed, step, MINIBATCHES))
         for _ in range(cfg.ppo_epochs):
             perm = torch.randperm(R, generator=g).to(ids.device)
             for s in range(0, R, mb):

@@ -32,6 +32,7 @@ What :func:`run_training` guarantees, in order:
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -46,6 +47,7 @@ from cai.train.logs import (
     latest_checkpoint,
     no_library_bars,
     quiet,
+    read_metrics,
     stage_log_callback,
     trim_metrics,
 )
@@ -128,18 +130,39 @@ class TrainingRun:
         quiet(trainer)
         params = param_counts(trainer.model)
         t0 = time.perf_counter()
-        result = trainer.train(resume_from_checkpoint=self.resume_from)
+        if self._finished_checkpoint():
+            # the run was killed after its last step's checkpoint: take the final weights from it. (Resuming a
+            # Trainer from its last step part-way through an epoch would train one step more.)
+            from transformers import TrainerState
+
+            trainer._load_from_checkpoint(self.resume_from)
+            trainer.state = TrainerState.load_from_json(str(Path(self.resume_from) / "trainer_state.json"))
+            self.reporter.start(trainer.state.max_steps, trainer.state.global_step)
+            mean_loss = final_loss(read_metrics(self.metrics_path), "train_loss")
+        else:
+            result = trainer.train(resume_from_checkpoint=self.resume_from)
+            mean_loss = float(result.training_loss) if result is not None else None
         st = trainer.state
         training = self.summary(
             steps=int(st.global_step),
             epochs=float(st.epoch or 0.0),
             final_loss=final_loss(st.log_history),
-            mean_train_loss=float(result.training_loss) if result is not None else None,
+            mean_train_loss=mean_loss,
             learning_rate=trainer.args.learning_rate,
             effective_batch_size=trainer.args.per_device_train_batch_size * trainer.args.gradient_accumulation_steps,
             seconds=time.perf_counter() - t0,
         )
         return {"training": training, "params": params}
+
+    def _finished_checkpoint(self) -> bool:
+        """Whether the checkpoint to resume from is the last step of the planned training."""
+        if not self.resume_from:
+            return False
+        try:
+            state = json.loads((Path(self.resume_from) / "trainer_state.json").read_text(encoding="utf-8"))
+            return 0 < int(state.get("max_steps") or 0) <= int(state.get("global_step") or 0)
+        except (OSError, ValueError, TypeError):
+            return False
 
     def summary(self, *, steps: int, epochs: float, final_loss: float | None, mean_train_loss: float | None,
                 learning_rate: float, effective_batch_size: int, seconds: float) -> dict[str, Any]:
