@@ -467,3 +467,18 @@ def test_markup_like_run_names_and_paths_never_crash_the_printer(runner, tmp_pat
                + ["--run", "x[/]y", "--runs-dir", str(tmp_path / "runs[/]")])
     assert "x[/]y" in r.output
     assert (tmp_path / "runs[/]" / "x[/]y" / "revise" / "manifest.json").exists()
+
+
+def test_overwrite_of_a_stage_reused_from_another_run_leaves_that_run_alone(tmp_path):
+    src = StageDir(tmp_path / "a", "x")
+    src.begin({"v": 1})
+    src.write_output("out.jsonl", [{"n": 1}])
+    src.finish({})
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "x").symlink_to(tmp_path / "a" / "x", target_is_directory=True)
+    dst = StageDir(tmp_path / "b", "x")
+    assert dst.begin({"v": 2}, overwrite=True) == "new"
+    dst.finish({})
+    assert not (tmp_path / "b" / "x").is_symlink()
+    assert (tmp_path / "a" / "x" / "manifest.json").exists() and (tmp_path / "a" / "x" / "out.jsonl").exists()
+    assert json.loads((tmp_path / "a" / "x" / "config.json").read_text())["config"] == {"v": 1}

@@ -278,8 +278,12 @@ class StageDir:
         """Empty the folder, keeping the lock: manifest first, then config and shard index, so a kill part-way
         leaves a folder that is unfinished, never one that looks finished."""
         if self.path.is_symlink():  # a stage reused from another run: drop the link, never the other run's files
+            self.release()  # the lock held was the other run's
             self.path.unlink()
             self._make_folder()
+            self._lock = runlock.acquire(self.path, what=f"{self.stage} stage")
+            self._index = None
+            self._verified.clear()
             return
         for first in (self.manifest_path, self.path / "config.json", self.index_path):
             first.unlink(missing_ok=True)
