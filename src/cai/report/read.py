@@ -234,7 +234,9 @@ def accounting_rows(data: dict) -> list[dict]:
         if not isinstance(m, StageManifest):
             continue
         roles = m.role_accounting()
-        seconds = m.timing.get("seconds_this_session") or (getattr(m, "training", None) or {}).get("seconds_this_session")
+        seconds = m.timing.get("seconds_this_session")
+        if seconds is None:
+            seconds = (getattr(m, "training", None) or {}).get("seconds_this_session")
         if not roles and not is_num(seconds):
             continue
         rows.append({"stage": s, "seconds": seconds if is_num(seconds) else None, "roles": roles})
