@@ -82,9 +82,11 @@ def file_digest(path: str | Path) -> str:
     return h.hexdigest()[:16]
 
 
-def input_files(config: Any) -> dict[str, str]:
-    """{path: digest} for every string in ``config`` that names an existing file (folders are skipped)."""
+def input_files(config: Any, *, exclude: Path | None = None) -> dict[str, str]:
+    """{path: digest} for every string in ``config`` that names an existing file (folders are skipped, and so are
+    files inside ``exclude``, the stage's own folder, which the stage itself writes)."""
     out: dict[str, str] = {}
+    own = str(exclude.resolve()) + os.sep if exclude is not None else None
     stack = [config]
     while stack:
         v = stack.pop()
@@ -94,7 +96,7 @@ def input_files(config: Any) -> dict[str, str]:
             stack.extend(v)
         elif isinstance(v, str) and 0 < len(v) < 4096 and "\n" not in v and v not in out:
             try:
-                if os.path.isfile(v):
+                if os.path.isfile(v) and not (own and os.path.realpath(v).startswith(own)):
                     out[v] = file_digest(v)
             except (OSError, ValueError):
                 continue
@@ -218,7 +220,7 @@ class StageDir:
     def _begin(self, config: dict, overwrite: bool, inputs: Any) -> str:
         safe = redact_obj(config)
         fp = fingerprint(safe)
-        record = {"files": input_files(config)}
+        record = {"files": input_files(config, exclude=self.path)}
         if inputs is not None:
             record["items"] = inputs if isinstance(inputs, str) else content_fingerprint(inputs)
         self._key = fingerprint({"config": fp, "inputs": record})
