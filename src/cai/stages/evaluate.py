@@ -7,8 +7,13 @@ on held-out preference pairs. Every figure carries its n, a 95% interval (Wilson
 the name of the judge that produced it.
 
 Outputs in ``runs/<run>/eval/``: ``answers.jsonl`` (one row per model and prompt with the verdict), ``pairwise.jsonl``,
-``metrics.json``, ``summary.md`` and ``manifest.json`` (last). Each model's answers, verdicts and each pair's
-comparisons are written atomically when done, so a rerun resumes where a killed one stopped.
+``metrics.json``, ``summary.md`` and ``manifest.json`` (last; its headline rates as figures with the refusal judge's
+measured accuracy, and per-role accounting). Each model's answers with their verdicts (one shard per model) and each
+pair's comparisons are written atomically when done, so a rerun resumes where a killed one stopped.
+
+The parts: :mod:`cai.evaluate.config` (settings), :mod:`cai.evaluate.items` (what is asked),
+:mod:`cai.evaluate.judges` (who decides), :mod:`cai.evaluate.metrics` (the figures), :mod:`cai.evaluate.render`
+(``summary.md``); this module runs them as a stage.
 """
 
 from __future__ import annotations
