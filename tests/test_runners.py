@@ -246,10 +246,13 @@ def test_trainer_logs_go_to_the_metrics_file_not_the_console(tmp_path, capfd):
     trainer = Trainer(model=model, args=TrainingArguments(**kw), train_dataset=data,
                       callbacks=[stage_log_callback(tmp_path / "metrics.jsonl", rep)])
     quiet(trainer)
-    with no_library_bars():
+    line = io.StringIO()
+    with no_library_bars(), ProgressLine("x", stream=line, tty=False, interval=3600):
         trainer.train()
     rows = [r for r in read_metrics(tmp_path / "metrics.jsonl") if "loss" in r]
     assert [r["step"] for r in rows] == [1, 2] and rep.progress.done == 2 and rep.progress.total == 2
+    last = [x for x in line.getvalue().splitlines() if "2/2" in x]
+    assert len(last) == 1 and f"loss {rows[-1]['loss']:.4g}" in last[0]  # the 100% line carries the last loss
     out = capfd.readouterr()
     assert "{'loss'" not in out.out + out.err and "it/s" not in out.out + out.err
 

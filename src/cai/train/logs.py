@@ -143,22 +143,29 @@ class StepReporter:
         console_progress.update(step=int(done), total=int(total))
 
     def step(self, done: int) -> None:
-        if done != self.progress.done:
-            self.progress.advance(int(done) - self.progress.done, 0)
+        """Optimizer step ``done`` finished (without new metrics)."""
         console_progress.update(step=int(done), total=self.progress.total or None)
+        self._advance_to(done)
 
     def logged(self, step: int, row: dict[str, Any]) -> None:
+        """A log record of step ``step``: the step counts as done and its loss / reward / KL are shown."""
         shown = {name: float(row[k]) for k, name in PROGRESS_KEYS.items()
                  if isinstance(row.get(k), (int, float)) and not isinstance(row.get(k), bool)}
-        if not shown:
-            return
-        self.progress.extra["metrics"] = shown
-        if self.progress.callback:
+        if shown:
+            self.progress.extra["metrics"] = shown
+        # the metrics reach the line together with the step, so the line that says 100% carries the last loss
+        console_progress.update(step=int(step), total=self.progress.total or None, metrics=shown or None)
+        if not self._advance_to(step) and shown and self.progress.callback:
             self.progress.callback(self.progress)
-        console_progress.update(step=int(step), total=self.progress.total or None, metrics=shown)
-        if self.echo and console_progress.current() is None:
+        if shown and self.echo and console_progress.current() is None:
             parts = " ".join(f"{k} {v:.4g}" for k, v in shown.items())
             print(f"{self.name} step {step}/{self.progress.total or '?'}: {parts}", file=sys.stderr, flush=True)
+
+    def _advance_to(self, done: int) -> bool:
+        if done == self.progress.done:
+            return False
+        self.progress.advance(int(done) - self.progress.done, 0)
+        return True
 
 
 def stage_log_callback(metrics_path: str | Path, reporter: StepReporter | None = None):
@@ -174,7 +181,9 @@ def stage_log_callback(metrics_path: str | Path, reporter: StepReporter | None =
                 reporter.start(state.max_steps, state.global_step)
 
         def on_step_end(self, args, state, control, **kwargs):
-            if reporter is not None:
+            # a logging step (and the last step, always followed by the run's closing record) is reported by
+            # on_log, with its metrics
+            if reporter is not None and not control.should_log and state.global_step < state.max_steps:
                 reporter.step(state.global_step)
 
         def on_log(self, args, state, control, logs=None, **kwargs):

@@ -374,7 +374,6 @@ def ppo_train(cfg: "RLStageConfig", policy_path: Path, tok, rows: list[dict], re
         }.items():
             if v is not None:
                 pending.setdefault(k, []).append(v)
-        run.reporter.step(done)
         if done % cfg.logging_steps == 0 or done == 1 or done == total:
             row = {"step": done, "epoch": round(epoch, 4), "learning_rate": current_lr}
             row.update({k: sum(v) / len(v) for k, v in sorted(pending.items())})
@@ -384,6 +383,8 @@ def ppo_train(cfg: "RLStageConfig", policy_path: Path, tok, rows: list[dict], re
             run.reporter.logged(done, row)
             if trackers is not None:
                 trackers.log(done, row)
+        else:
+            run.reporter.step(done)
         t_step = time.perf_counter()
         if done % cfg.save_steps == 0 or done == total:  # the last step too: a kill before the manifest loses nothing
             _save_checkpoint(run.ckpt_dir, done, pol, opt, sched, cfg.save_total_limit)
