@@ -247,6 +247,19 @@ def test_llamacpp_backend_on_tiny_gguf(tiny_gguf):
     assert b.render(conv).endswith("The answer is (")
     lp = b.option_logprobs([conv, conv], [["A", "B"], ["A", "B C"]])
     assert lp[0][0] == pytest.approx(lp[1][0], abs=1e-4) and lp[0][1] < 0 and lp[1][1] < lp[0][1]
+    # Prefix snapshots: a batch whose prompts share a long prefix keeps that prefix's KV state; after other work
+    # evaluated something else, the next batch restores it, and the answers are the same as computed afresh.
+    from cai.backends.llamacpp import _common_prefix
+
+    first = b.generate(convs, params)
+    seqs = sorted(b.encode(c) for c in convs)
+    key = tuple(seqs[0][: _common_prefix(seqs[0], seqs[-1])])
+    assert len(key) >= b.min_prefix_tokens and key in b._snapshots
+    b.generate([[{"role": "user", "content": "Something else entirely."}]], params)
+    before = b.stats.cached_prefix_tokens
+    assert [c.text for c in b.generate(convs, params)] == [c.text for c in first] == [c.text for c in out]
+    assert b.stats.cached_prefix_tokens - before >= len(key)
+    assert b.option_logprobs([conv], [["A", "B"]])[0] == pytest.approx(lp[0], abs=1e-4)
     b.llm.reset()
     ids = b.encode(conv)
     logits = b._eval_to(ids)

@@ -12,14 +12,19 @@ a prefilled assistant message is continued, and option scores are exact log-prob
 
 Prefix cache: llama.cpp keeps the KV cache of the last evaluated tokens, and each request reuses the longest prefix
 it shares with them. Requests of a batch are ordered so that prompts sharing a prefix (system prompt, few-shot
-demonstrations) run one after another, so that prefix is evaluated once per batch.
+demonstrations) run one after another, so that prefix is evaluated once per batch. Across batches, the KV state of
+each batch's shared prefix (when it is at least ``min_prefix_tokens`` long) is kept in a small LRU of sequence
+snapshots (about 28 KB per token for a 1.5B model), so alternating calls (critique prompts, then revision prompts,
+then critique prompts again) restore their prefix instead of evaluating it again.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import threading
 import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +46,18 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     return n
 
 
+def _trained_context(path: Path) -> int | None:
+    """The context length the model was trained with, from the GGUF header (None when it does not say)."""
+    from cai.backends.gguf import gguf_metadata
+
+    try:
+        arch = gguf_metadata(path, ("general.architecture",)).get("general.architecture")
+        value = gguf_metadata(path, (f"{arch}.context_length",)).get(f"{arch}.context_length") if arch else None
+    except (OSError, ValueError):
+        return None
+    return int(value) if isinstance(value, int) and value > 0 else None
+
+
 class LlamaCppBackend(Backend):
     """A GGUF model in llama.cpp, through ``llama_cpp.Llama``: one sequence at a time with a reused prefix cache."""
 
@@ -56,6 +73,8 @@ class LlamaCppBackend(Backend):
         n_threads: int | None = None,
         n_batch: int = 512,
         seed: int = 0,
+        min_prefix_tokens: int = 64,
+        prefix_slots: int = 4,
         llama: Any = None,
     ):
         super().__init__(model_id or str(gguf_path))
@@ -63,6 +82,9 @@ class LlamaCppBackend(Backend):
         self.gguf_info = dict(gguf_info or {})
         self.n_threads = n_threads or max(1, os.cpu_count() or 1)
         self._lock = threading.Lock()
+        self.min_prefix_tokens = min_prefix_tokens
+        self._prefix_slots = prefix_slots
+        self._snapshots: OrderedDict[tuple[int, ...], bytes] = OrderedDict()
         if llama is None:
             try:
                 from llama_cpp import Llama
@@ -70,6 +92,7 @@ class LlamaCppBackend(Backend):
                 raise MissingExtraError(
                     f"The llamacpp backend needs the optional package llama-cpp-python ({e}).", fix=LLAMACPP_FIX
                 ) from e
+            n_ctx = min(n_ctx, _trained_context(self.gguf_path) or n_ctx)
             try:
                 llama = Llama(
                     model_path=str(self.gguf_path),
@@ -159,6 +182,7 @@ class LlamaCppBackend(Backend):
         out: list[Completion | None] = [None] * len(seqs)
         with self._lock:
             try:
+                self._warm_prefix([seqs[i] for i in order])
                 for i in order:
                     out[i] = self._complete(seqs[i], params, i)
             finally:
@@ -199,6 +223,50 @@ class LlamaCppBackend(Backend):
         finish = "length" if choice.get("finish_reason") == "length" else "stop"
         return Completion(text=choice.get("text") or "", prompt_tokens=p, completion_tokens=c, finish_reason=finish)
 
+    # --- prefix snapshots -----------------------------------------------------------------------------------------
+    def _warm_prefix(self, ordered: list[list[int]]) -> None:
+        """Make the KV cache start with the prefix every prompt of ``ordered`` (sorted) shares, from a snapshot if any."""
+        if len(ordered) < 2 or self._prefix_slots < 1:
+            return
+        common = min(_common_prefix(ordered[0], ordered[-1]), min(len(s) for s in ordered) - 1)
+        if common < self.min_prefix_tokens:
+            return
+        key = tuple(ordered[0][:common])
+        if _common_prefix(list(self.llm._input_ids), list(key)) >= common:
+            return
+        snap = self._snapshots.get(key)
+        if snap is not None and self._restore(key, snap):
+            self._snapshots.move_to_end(key)
+            self.stats.cached_prefix_tokens += common
+            return
+        self._eval_to(list(key))
+        self._snapshots[key] = self._snapshot()
+        while len(self._snapshots) > self._prefix_slots:
+            self._snapshots.popitem(last=False)
+
+    def _snapshot(self) -> bytes:
+        import llama_cpp
+
+        ctx = self.llm._ctx.ctx
+        size = llama_cpp.llama_state_seq_get_size(ctx, 0)
+        buf = (ctypes.c_uint8 * size)()
+        n = llama_cpp.llama_state_seq_get_data(ctx, buf, size, 0)
+        return bytes(buf[:n])
+
+    def _restore(self, key: tuple[int, ...], snap: bytes) -> bool:
+        import llama_cpp
+
+        ctx = self.llm._ctx.ctx
+        self.llm._ctx.kv_cache_seq_rm(-1, 0, -1)
+        buf = (ctypes.c_uint8 * len(snap)).from_buffer_copy(snap)
+        if llama_cpp.llama_state_seq_set_data(ctx, buf, len(snap), 0) != len(snap):
+            self.llm.n_tokens = 0
+            return False
+        self.llm.input_ids[: len(key)] = key
+        self.llm.n_tokens = len(key)
+        self.llm._requires_eval = True  # the logits are not restored: the next call evaluates at least one token
+        return True
+
     # --- scoring ------------------------------------------------------------------------------------------------
     def _eval_to(self, ids: list[int]):
         """Make the KV cache hold exactly ``ids`` (reusing the shared prefix); return the last position's logits."""
@@ -222,11 +290,14 @@ class LlamaCppBackend(Backend):
         """Exact sum of log-probabilities of each option's tokens after the rendered conversation."""
         if len(conversations) != len(options):
             raise ModelError("option_logprobs needs one option list per conversation")
-        result: list[list[float | None]] = []
+        texts = [self.render(c) for c in conversations]
+        bases = [self.tokenize(t) for t in texts]
+        order = sorted(range(len(bases)), key=lambda i: bases[i])
+        result: list[list[float | None]] = [[] for _ in conversations]
         with self._lock:
-            for conv, opts in zip(conversations, options):
-                text = self.render(conv)
-                base = self.tokenize(text)
+            self._warm_prefix([bases[i] for i in order])
+            for i in order:
+                text, base, opts = texts[i], bases[i], options[i]
                 if len(base) + max((len(o) for o in opts), default=0) + 8 > self.n_ctx:
                     raise ModelError(
                         f"A prompt of {len(base)} tokens does not fit the llamacpp context of {self.n_ctx} tokens.",
@@ -249,7 +320,7 @@ class LlamaCppBackend(Backend):
                     row.append(total)
                 self.stats.requests += 1
                 self.stats.prompt_tokens += len(base)
-                result.append(row)
+                result[i] = row
         return result
 
     def close(self) -> None:
