@@ -482,3 +482,28 @@ def test_overwrite_of_a_stage_reused_from_another_run_leaves_that_run_alone(tmp_
     assert not (tmp_path / "b" / "x").is_symlink()
     assert (tmp_path / "a" / "x" / "manifest.json").exists() and (tmp_path / "a" / "x" / "out.jsonl").exists()
     assert json.loads((tmp_path / "a" / "x" / "config.json").read_text())["config"] == {"v": 1}
+
+
+def test_a_kill_in_the_middle_of_clearing_never_leaves_a_finished_looking_folder(tmp_path, monkeypatch):
+    import cai.runs
+
+    stage = StageDir(tmp_path / "run", "x")
+    stage.begin({"seed": 0})
+    stage.write_shard(0, [{"n": 0}])
+    stage.write_output("out.jsonl", [{"n": 0}])
+    stage.finish({})
+
+    def die(*a, **k):
+        raise KeyboardInterrupt  # stands for a SIGKILL while the old folder is being removed
+
+    monkeypatch.setattr(cai.runs.shutil, "rmtree", die)
+    with pytest.raises(KeyboardInterrupt):
+        StageDir(tmp_path / "run", "x").begin({"seed": 1}, overwrite=True)
+    monkeypatch.undo()
+    left = tmp_path / "run" / "x"
+    assert not (left / "manifest.json").exists() and not (left / "config.json").exists()
+    assert (left / "shards" / "00000.jsonl").exists()  # the old shard survived the interrupted removal ...
+    again = StageDir(tmp_path / "run", "x")
+    assert again.begin({"seed": 1}) == "new"
+    assert not again.shard_done(0)  # ... but it is not taken: no index of this run records it
+    again.release()
