@@ -143,6 +143,7 @@ def bench_judge(args) -> dict:
     rows = [json.loads(x) for x in labeled_set_path().read_text(encoding="utf-8").splitlines() if x.strip()]
     if args.split != "all":
         rows = [r for r in rows if split_of(str(r["id"])) == args.split]
+    rows = rows[:: args.every]
     if args.limit:
         rows = rows[: args.limit]
     spec = ModelSpec.model_validate(args.model)
@@ -152,9 +153,14 @@ def bench_judge(args) -> dict:
     gold = [bool(r["refused"]) for r in rows]
     t0 = time.perf_counter()
     verdicts = []
-    for s in range(0, len(rows), 16):
-        verdicts += judge.judge(prompts[s : s + 16], answers[s : s + 16])
-        print(f"  judged {len(verdicts)}/{len(rows)} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
+    for s in range(0, len(rows), 8):
+        verdicts += judge.judge(prompts[s : s + 8], answers[s : s + 8])
+        done = sum(v.refused == g for v, g in zip(verdicts, gold))
+        print(f"  judged {len(verdicts)}/{len(rows)}, {done} correct ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
+        if args.rows_out:  # every verdict so far, so that a stopped run still tells what it measured
+            with open(args.rows_out, "w") as fh:
+                for r, v in zip(rows, verdicts):
+                    fh.write(json.dumps({"id": r["id"], "kind": r.get("kind"), "gold": r["refused"], **v.as_dict()}) + "\n")
     dt = time.perf_counter() - t0
     pred = [v.refused for v in verdicts]
     cls = [v.refused for v in ClassifierJudge().judge(prompts, answers)]
@@ -169,6 +175,7 @@ def bench_judge(args) -> dict:
         "part": "judge",
         "judge": judge.name,
         "split": args.split,
+        "every": args.every,
         "rows": len(rows),
         "seconds": round(dt, 1),
         "accuracy": _rate(correct, len(rows)),
@@ -238,7 +245,9 @@ def main() -> int:
     ap.add_argument("--new-tokens", type=int, default=64, help="speed: tokens generated for the short prompt")
     ap.add_argument("--fewshot-tokens", type=int, default=32, help="speed: tokens per few-shot prompt")
     ap.add_argument("--split", default="all", choices=["all", "dev", "heldout"], help="judge: rows of the labeled set")
+    ap.add_argument("--every", type=int, default=1, help="judge: every Nth row only (a spread over all kinds)")
     ap.add_argument("--limit", type=int, default=None, help="judge: first N rows only")
+    ap.add_argument("--rows-out", default=None, help="judge: write each verdict here as it is made (JSONL)")
     ap.add_argument("--pairs", type=int, default=20, help="label: number of pairs")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="also write the results (JSON) here")
