@@ -4,11 +4,12 @@ Needs the optional extra ``llamacpp`` (``llama-cpp-python``, built from source).
 they are (memory-mapped), which on a CPU is several times faster than dequantizing into transformers.
 
 Why in process and not ``python -m llama_cpp.server`` behind the openai backend: that server answers one request at
-a time anyway (a lock around one model), it returns chat log-probabilities only when started with
-``--logits_all``, which keeps logits for every position (context length x vocabulary floats: 2.5 GB for a
-151k-token vocabulary at 4,096 tokens), and its chat endpoint cannot continue a prefilled assistant message, which
-option scoring (A/B labels) depends on. In process, prompts are rendered here with the GGUF's own chat template,
-a prefilled assistant message is continued, and option scores are exact log-probabilities read from the logits.
+a time anyway (a lock around one model); it returns chat ``top_logprobs`` only with its ``logits_all`` setting (on by
+default), which computes the output layer for every prompt position and keeps context length x vocabulary floats
+(2.5 GB for a 151k-token vocabulary at 4,096 tokens); and its chat endpoint closes a final assistant message instead
+of continuing it, so option scoring (A/B labels after a prefilled "(") would score the wrong position. In process,
+prompts are rendered here with the GGUF's own chat template, a prefilled assistant message is continued, and option
+scores are exact log-probabilities read from the last position's logits, with no per-position logits kept.
 
 Prefix cache: llama.cpp keeps the KV cache of the last evaluated tokens, and each request reuses the longest prefix
 it shares with them. Requests of a batch are ordered so that prompts sharing a prefix (system prompt, few-shot
