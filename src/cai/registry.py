@@ -202,7 +202,7 @@ def wire(name: str, section: dict[str, Any], run_dir: str | Path, *, base: dict[
             continue
         p = output(run_dir, inp.stage, inp.path)
         if inp.stage in planned or _exists(p):
-            target: dict[str, Any] | None = {"backend": "transformers", "model": str(p)}
+            target: dict[str, Any] | None = {**_runtime(base), "backend": "transformers", "model": str(p)}
         elif inp.fallback == "base":
             target = base
         else:
@@ -214,9 +214,20 @@ def wire(name: str, section: dict[str, Any], run_dir: str | Path, *, base: dict[
         for label, stage in EVAL_MODELS.items():
             p = output(run_dir, stage, "model")
             if stage in planned or p.exists():
-                models[label] = {"backend": "transformers", "model": str(p)}
+                models[label] = {**_runtime(base), "backend": "transformers", "model": str(p)}
         s["models"] = models
     return s
+
+
+#: How a local model runs (not which model it is): models this run trains inherit these from the base model, so
+#: ``base_model: {dtype: bfloat16}`` applies to the SL-CAI and RL-CAI models too.
+RUNTIME_FIELDS = ("device", "dtype", "batch_size", "prefix_cache")
+
+
+def _runtime(base: dict[str, Any] | None) -> dict[str, Any]:
+    if not base or base.get("backend", "transformers") != "transformers":
+        return {}
+    return {k: base[k] for k in RUNTIME_FIELDS if k in base}
 
 
 def _partial(value: Any) -> bool:
