@@ -167,3 +167,25 @@ def test_stop_when_accepted_skips_later_rounds(tmp_path):
     by = {r["id"]: r for r in rows}
     assert len(by["r5"]["rounds"]) == 1
     assert all(len(by[i]["rounds"]) == 3 for i in ("r1", "r2", "r3", "r4", "r6"))
+
+
+def test_trim_to_sentence():
+    from cai.stages.sl_levers import trim_to_sentence
+
+    assert trim_to_sentence("I can't help with that. It could hurt people. You could instead ask") == (
+        "I can't help with that. It could hurt people."
+    )
+    assert trim_to_sentence('I won\'t do that: "it is unsafe." And then') == 'I won\'t do that: "it is unsafe."'
+    assert trim_to_sentence("No sentence end here at all") is None
+    assert trim_to_sentence("Ok. and then some more words") is None  # what is left is too short to be an answer
+
+
+def test_truncated_revision_is_trimmed_to_its_last_sentence(tmp_path):
+    long = REFUSAL + " " + " ".join(["more"] * 40)
+    pool = pool_of(lambda c: COMPLIES, lambda c: "It helps with harm.", lambda c: long)
+    _, _, rows = run(tmp_path, pool, rounds=1, revision_tokens=30)
+    red = [r for r in rows if r["kind"] == "redteam"]
+    assert all(r["final"] == REFUSAL and r["rounds"][0]["flags"] == ["trimmed"] for r in red)
+    _, _, rows = run(tmp_path / "b", pool, rounds=1, revision_tokens=30, trim_truncated=False)
+    assert all(r["rounds"][0]["flags"][0] == "truncated" and not r["rounds"][0]["accepted"]
+               for r in rows if r["kind"] == "redteam")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import difflib
 import re
 
+from cai.textmetrics import loop_share
+
 _WS = re.compile(r"\s+")
 
 
@@ -46,13 +48,5 @@ def revision_flags(
 
 
 def repeat_share(text: str, n: int = 3) -> float:
-    """Share of the text's word n-grams taken by its most repeated n-gram (0 for texts shorter than 4 n-grams)."""
-    words = _norm(text).split()
-    grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
-    if len(grams) < 4:
-        return 0.0
-    counts: dict[tuple, int] = {}
-    for g in grams:
-        counts[g] = counts.get(g, 0) + 1
-    top = max(counts.values())
-    return 0.0 if top < 3 else top / len(grams)
+    """Share of the text's word n-grams taken by its most repeated n-gram: :func:`cai.textmetrics.loop_share`."""
+    return loop_share(text, n)

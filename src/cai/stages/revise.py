@@ -24,7 +24,7 @@ from cai.progress import Progress
 from cai.data.readers import load_prompts
 from cai.runs import StageDir
 from cai.stages import quality
-from cai.stages.sl_levers import GATE_JUDGE, critic_refused, declines, pick_principle
+from cai.stages.sl_levers import GATE_JUDGE, critic_refused, declines, pick_principle, trim_to_sentence
 from cai.stages.sl_prompts import (
     clean,
     critique_conversation,
@@ -68,6 +68,11 @@ class ReviseConfig(BaseModel):
     )
     stop_when_accepted: bool = Field(
         default=False, description="Skip later rounds for a prompt once a revision of it was accepted"
+    )
+    trim_truncated: bool = Field(
+        default=True,
+        description="A revision cut off at the token limit is trimmed back to its last complete sentence (flagged "
+        "'trimmed') instead of being rejected as truncated",
     )
     keep_unrevised: bool = Field(
         default=False,
@@ -172,12 +177,18 @@ def revise_shard(
             for k, v in zip(todo, revs):
                 r = active[k]
                 entry = r["rounds"][-1]
-                text = clean(v.text)
+                text, finish, trimmed = clean(v.text), v.finish_reason, False
+                if finish == "length" and cfg.trim_truncated:
+                    cut = trim_to_sentence(text)
+                    if cut is not None:
+                        text, finish, trimmed = cut, "stop", True
                 critique = "" if entry.get("critic_refused") else (entry.get("critique") or "")
-                flags = quality.revision_flags(text, v.finish_reason, critique, r["final"])
+                flags = quality.revision_flags(text, finish, critique, r["final"])
                 if cfg.gate and not flags and not declines(r["prompt"], text):
                     flags.append("still_complies")
                 accepted = not any(f in REJECTING_FLAGS for f in flags) and "unchanged" not in flags and "still_complies" not in flags
+                if trimmed:
+                    flags.append("trimmed")
                 entry.update(revision=text, revision_finish=v.finish_reason, skipped=False, accepted=accepted, flags=flags)
                 if accepted:
                     r["final"] = text

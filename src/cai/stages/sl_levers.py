@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import random
+import re
 
 from cai.constitution.schema import Constitution, Principle
 from cai.evaluate.refusal import CLASSIFIER_NAME, classify_refusal
@@ -38,3 +39,16 @@ def declines(prompt: str, text: str) -> bool:
 def critic_refused(prompt: str, critique: str) -> bool:
     """A critique that is itself a refusal ("I can't help with that") is no critique."""
     return classify_refusal(prompt, critique)[0]
+
+
+_SENTENCE_END = re.compile(r"[.!?](?:[\"')\]]*)(?=\s|$)")
+
+
+def trim_to_sentence(text: str, min_chars: int = 20) -> str | None:
+    """A revision cut off at the token limit, trimmed back to its last complete sentence; None when no complete
+    sentence of at least ``min_chars`` characters is left (then it stays rejected as truncated)."""
+    ends = [m.end() for m in _SENTENCE_END.finditer(text)]
+    if not ends:
+        return None
+    out = text[: ends[-1]].strip()
+    return out if len(out) >= min_chars else None
