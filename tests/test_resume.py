@@ -121,3 +121,34 @@ def test_overwrite_flag_starts_the_stage_again(cai_exe, subprocess_env, tmp_path
     assert p.returncode == 0, p.stderr
     rows = read_jsonl(tmp_path / "s" / "revise" / "data.jsonl")
     assert all(len(r["rounds"]) == 2 for r in rows)
+
+
+# --- the shared shard loop (cai.stages.sharded) under a real kill: pairs ---------------------------------------------
+PAIRS_ARGS = ["pairs", "--policy", "fake:delay=0.05", "--limit", "24", "--k", "2", "--shard-size", "4", "--run", "p"]
+
+
+def test_killed_pairs_stage_resumes_to_the_same_rows(cai_exe, subprocess_env, tmp_path):
+    killed_dir, ref_dir = tmp_path / "killed", tmp_path / "reference"
+    stage = killed_dir / "p" / "pairs"
+    cmd = lambda runs: [str(cai_exe), *PAIRS_ARGS, "--runs-dir", str(runs)]  # noqa: E731
+    log = open(tmp_path / "killed.log", "w")
+    victim = subprocess.Popen(cmd(killed_dir), stdout=log, stderr=subprocess.STDOUT, env=subprocess_env)
+    reference = subprocess.Popen(cmd(ref_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                 env=subprocess_env)
+    try:
+        n_done = _kill_after_two_shards(victim, stage)
+    finally:
+        log.close()
+    assert victim.returncode == -signal.SIGKILL and not (stage / "pairs.jsonl").exists()
+    assert 2 <= n_done < 6
+    assert all(len(read_jsonl(s)) == 4 for s in _finished_shards(stage))  # whole shards only
+
+    resumed = subprocess.run(cmd(killed_dir), capture_output=True, text=True, env=subprocess_env, timeout=180)
+    assert resumed.returncode == 0, resumed.stderr
+    out, err = reference.communicate(timeout=180)
+    assert reference.returncode == 0, err
+    got, want = read_jsonl(stage / "pairs.jsonl"), read_jsonl(ref_dir / "p" / "pairs" / "pairs.jsonl")
+    assert got == want and [r["id"] for r in got] == [r["id"] for r in load_prompts("redteam", limit=24)]
+    m = json.loads((stage / "manifest.json").read_text(encoding="utf-8"))
+    assert m["timing"]["resumed_rows"] >= 4 * n_done and m["counts"]["answers"] == 48
+    assert "Traceback" not in resumed.stderr
