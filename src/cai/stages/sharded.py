@@ -37,8 +37,8 @@ What :func:`run_sharded` guarantees, in order:
    shard it did not count are counted when the shard is written.
 5. Finish: every shard is read back in order (:meth:`StageDir.read_shards`) into :attr:`ShardedResult.rows`;
    ``finish(result)`` writes the stage's outputs (:meth:`StageDir.write_output`) and returns the manifest body, which
-   :meth:`StageDir.finish` writes last. The manifest is checked against its typed model when :mod:`cai.manifests`
-   provides one.
+   :meth:`StageDir.finish` writes last, once it is checked against the stage's typed model
+   (:func:`cai.manifests.load_manifest`) where there is one.
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any, Callable, Generic, Sequence, TypeVar
 
 from cai.progress import Progress
+from cai.manifests import MANIFESTS, load_manifest
 from cai.runs import StageDir
 from cai.seeding import shard_seed
 
@@ -102,15 +103,6 @@ def cut_shards(items: Sequence[dict], shard_size: int, seed: int) -> list[Shard]
     """Consecutive shards of ``shard_size`` items (the last may be shorter)."""
     return [Shard(i, list(items[start : start + shard_size]), seed)
             for i, start in enumerate(range(0, len(items), shard_size))]
-
-
-def _validate(name: str, body: dict[str, Any]) -> None:
-    try:
-        from cai.manifests import MANIFESTS, load_manifest
-    except ImportError:
-        return
-    if name in MANIFESTS:
-        load_manifest(name, body)
 
 
 def run_sharded(
@@ -177,7 +169,8 @@ def run_sharded(
         result = ShardedResult(stage=stage, rows=stage.read_shards(len(shards)),
                                resources=loaded[0] if loaded else None, progress=prog, resumed=already, seconds=seconds)
         body = finish(result)
-        _validate(name, body)
+        if name in MANIFESTS:  # checked against its typed model before it is written
+            load_manifest(name, body)
         stage.finish(body)
     except BaseException:
         stage.release()

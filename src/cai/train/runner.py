@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from cai.manifests import MANIFESTS, load_manifest
 from cai.runs import StageDir
 from cai.train.logs import (
     StepReporter,
@@ -184,16 +185,6 @@ class TrainingRun:
         }
 
 
-def _validate(name: str, body: dict[str, Any]) -> None:
-    """Check the manifest against its typed model when the typed manifests are available."""
-    try:
-        from cai.manifests import MANIFESTS, load_manifest
-    except ImportError:
-        return
-    if name in MANIFESTS:
-        load_manifest(name, body)
-
-
 def run_training(
     run_dir: str | Path,
     name: str,
@@ -254,7 +245,8 @@ def run_training(
         }
         if trained.finalize is not None:
             body = trained.finalize(body)
-        _validate(name, body)
+        if name in MANIFESTS:  # checked against its typed model before it is written
+            load_manifest(name, body)
         stage.finish(body)
     except BaseException:
         stage.release()
