@@ -404,16 +404,16 @@ def test_constitution_validation_is_linear_in_file_size(tmp_path):
     from cai.constitution import validate_constitution_file
 
     times = {}
-    for n in (4500, 22500):  # about 1 MB and 5 MB
+    for n in (2250, 22500):  # about 0.5 MB and 5 MB
         p = tmp_path / f"c{n}.yaml"
         p.write_text(_constitution(n))
-        t0 = time.perf_counter()
+        t0 = time.process_time()  # CPU seconds of this process: the same on a busy machine as on an idle one
         const, problems = validate_constitution_file(p)
-        times[n] = time.perf_counter() - t0
+        times[n] = time.process_time() - t0
         assert problems == [] and len(const.principles) == n
     assert (tmp_path / "c22500.yaml").stat().st_size > 5_000_000
     assert times[22500] < 40, times
-    assert times[22500] / max(times[4500], 1e-3) < 12, times  # quadratic would be about 25
+    assert times[22500] / max(times[2250], 1e-3) < 25, times  # linear: about 10; quadratic: about 100
 
 
 # --- 9. credentials in base_url --------------------------------------------------------------------------------
