@@ -11,7 +11,8 @@ Run from the repository root after ``bash scripts/setup_teacher.sh``::
 backend named by ``--backends`` (default: llamacpp:teacher and transformers:teacher; the transformers one converts
 the GGUF to an fp32 folder in the cache on first use, several GB). Printed: prompt tokens, generated tokens, seconds
 and generated tokens per second, and a second figure for four prompts sharing a long few-shot prefix (the shape of
-``cai revise``), where prefix reuse matters.
+``cai revise``), where prefix reuse matters. CPU seconds (all threads of the process) are recorded beside wall
+seconds: on a machine shared with other work, tokens per CPU-second compare backends more fairly than wall time.
 
 ``judge``: the toolkit's LLM refusal judge (the rubric of :mod:`cai.evaluate.judges`, the shipped constitution's
 principles, the letter read from log-probabilities after the prefilled "The reply is (") on each row of the labeled
@@ -94,14 +95,14 @@ def bench_speed(args) -> dict:
         b.generate([[{"role": "user", "content": "Hi"}]], GenParams(max_new_tokens=2))
         load_s = time.perf_counter() - t0
         params = GenParams(max_new_tokens=args.new_tokens)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         c = b.generate([SPEED_PROMPT], params)[0]
-        dt = time.perf_counter() - t0
+        dt, cpu = time.perf_counter() - t0, time.process_time() - c0
         convs = _fewshot_prompts()
         before = b.stats.cached_prefix_tokens
-        t1 = time.perf_counter()
+        t1, c1 = time.perf_counter(), time.process_time()
         outs = b.generate(convs, GenParams(max_new_tokens=args.fewshot_tokens))
-        dt2 = time.perf_counter() - t1
+        dt2, cpu2 = time.perf_counter() - t1, time.process_time() - c1
         gen2 = sum(o.completion_tokens for o in outs)
         res = {
             "load_and_warmup_s": round(load_s, 1),
@@ -110,6 +111,8 @@ def bench_speed(args) -> dict:
                 "generated_tokens": c.completion_tokens,
                 "seconds": round(dt, 2),
                 "tokens_per_s": round(c.completion_tokens / dt, 2),
+                "cpu_seconds": round(cpu, 2),
+                "tokens_per_cpu_s": round(c.completion_tokens / cpu, 2),
                 "text": c.text[:160],
             },
             "fewshot_batch": {
@@ -120,13 +123,14 @@ def bench_speed(args) -> dict:
                 "seconds": round(dt2, 2),
                 "generated_tokens_per_s": round(gen2 / dt2, 2),
                 "seconds_per_prompt": round(dt2 / len(convs), 2),
+                "cpu_seconds": round(cpu2, 2),
             },
             "describe": b.describe(),
         }
         out["backends"][spec_text] = res
         print(
             f"{spec_text}: load {load_s:.1f} s; short prompt: {c.completion_tokens} tokens in {dt:.1f} s = "
-            f"{c.completion_tokens / dt:.2f} tok/s; {len(convs)} few-shot prompts ({res['fewshot_batch']['prompt_tokens']} "
+            f"{c.completion_tokens / dt:.2f} tok/s ({c.completion_tokens / cpu:.2f} tokens per CPU-second); {len(convs)} few-shot prompts ({res['fewshot_batch']['prompt_tokens']} "
             f"prompt tokens): {gen2} tokens in {dt2:.1f} s ({dt2 / len(convs):.1f} s per prompt)",
             flush=True,
         )
