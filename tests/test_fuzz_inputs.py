@@ -309,10 +309,10 @@ def test_bombs_and_huge_files_are_refused_quickly(runner, tmp_path):
 
     chosen = [c for c in CASES if "bomb" in c.name or "size-limit" in c.name]
     assert len(chosen) >= 5
-    t0 = time.perf_counter()
+    t0 = time.process_time()  # CPU seconds: not inflated by a busy machine
     for case in chosen:
         d = tmp_path / case.name.replace(":", "-")
         d.mkdir()
         r = runner.invoke(app, case.make(d))
         assert r.exit_code == 2, r.output
-    assert time.perf_counter() - t0 < 20
+    assert time.process_time() - t0 < 20

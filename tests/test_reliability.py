@@ -368,12 +368,12 @@ def test_alias_bomb_is_refused_at_once_in_constitutions_and_configs(runner, tmp_
     assert len(bomb) < 1100
     p = tmp_path / "bomb.yaml"
     p.write_text(bomb)
-    t0 = time.perf_counter()
+    t0 = time.process_time()  # CPU seconds: not inflated by a busy machine
     r = invoke(runner, ["constitution", "validate", str(p)], code=2)
     assert "alias bomb" in flat(r.output) and f"{p}:1" in flat(r.output)
     r = invoke(runner, ["revise", "-c", str(p), "--runs-dir", str(tmp_path / "runs")], code=2)
     assert "alias bomb" in flat(r.output)
-    assert time.perf_counter() - t0 < 5
+    assert time.process_time() - t0 < 5
     ok = tmp_path / "merge.yaml"  # a few ordinary anchors and merge keys are still fine
     ok.write_text("base: &b {rounds: 1}\nrevise:\n  <<: *b\n  seed: 3\n")
     from cai.config import read_yaml
