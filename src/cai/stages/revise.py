@@ -6,8 +6,6 @@ a killed run resumes exactly where it stopped and produces the same rows as an u
 
 from __future__ import annotations
 
-import random
-import time
 from typing import Callable
 
 from typing import Literal
@@ -22,7 +20,9 @@ from cai.config import none_as_null
 from cai.constitution.schema import Constitution
 from cai.progress import Progress
 from cai.data.readers import load_prompts
-from cai.runs import StageDir
+from cai.manifests import RoleMeter
+from cai.seeding import rng, shard_seed
+from cai.stages.sharded import Shard, ShardedResult, run_sharded
 from cai.stages import quality
 from cai.stages.sl_levers import GATE_JUDGE, critic_refused, declines, pick_principle, trim_to_sentence
 from cai.stages.sl_prompts import (
@@ -95,10 +95,6 @@ class ReviseConfig(BaseModel):
     reviser: ModelSpec = Field(default_factory=ModelSpec, description="Model that writes revisions")
 
 
-def _rng(seed: int, row_id: str, rnd: int) -> random.Random:
-    return random.Random(f"{seed}:{row_id}:{rnd}")
-
-
 def revise_shard(
     items: list[dict],
     const: Constitution,
@@ -116,7 +112,7 @@ def revise_shard(
         return GenParams(
             max_new_tokens=tokens,
             temperature=cfg.temperature,
-            seed=cfg.seed * 7919 + shard_index * 101 + step,
+            seed=shard_seed(cfg.seed, shard_index, step),
             repetition_penalty=cfg.repetition_penalty,
         )
 
@@ -146,7 +142,7 @@ def revise_shard(
         active = [r for r in red if not (cfg.stop_when_accepted and r.get("accepted_any"))]
         if not active:
             break
-        picks = [pick_principle(const, _rng(cfg.seed, r["id"], rnd), r.get("category"), cfg.relevant_principles) for r in active]
+        picks = [pick_principle(const, rng(cfg.seed, r["id"], rnd), r.get("category"), cfg.relevant_principles) for r in active]
         principles = [p for p, _ in picks]
         tokens = 0
         rconvs: dict[int, list] = {}
@@ -289,63 +285,68 @@ def run_revise(
     on_progress: Callable[[Progress], None] | None = None,
     on_ready: Callable[[Progress], None] | None = None,
 ) -> dict:
-    """Run (or resume) the ``revise`` stage into ``run_dir/revise``. Returns the manifest."""
+    """Run (or resume) the ``revise`` stage into ``run_dir/revise`` on the shared sharded runner. Returns the manifest."""
     const = load_constitution(cfg.constitution)
     red = load_prompts(cfg.prompts, split=cfg.prompt_split, column_map=cfg.column_map, limit=cfg.limit)
     helpful = []
     if cfg.helpful and cfg.helpful_limit != 0:
         helpful = load_prompts(cfg.helpful, split="train", limit=cfg.helpful_limit)
     items = [dict(r, kind="redteam") for r in red] + [dict(r, kind="helpful") for r in helpful]
-    stage = StageDir(run_dir, "revise")
-    state = stage.begin({"revise": cfg.model_dump(mode="json"), "constitution_hash": const.content_hash()}, overwrite=overwrite)
-    if state == "complete":
-        return stage.manifest()
     pool = pool or BackendPool()
-    policy, critic, reviser = pool.get(cfg.policy), pool.get(cfg.critic), pool.get(cfg.reviser)
-    shards = [items[i : i + cfg.shard_size] for i in range(0, len(items), cfg.shard_size)]
-    already = sum(len(s) for i, s in enumerate(shards) if stage.shard_done(i))
-    prog = Progress(total=len(items), done=already, callback=on_progress)
-    prog.extra["resumed_rows"] = already
-    if on_ready:
-        on_ready(prog)
-    t0 = time.perf_counter()
-    for i, shard in enumerate(shards):
-        if stage.shard_done(i):
-            continue
-        stage.write_shard(i, revise_shard(shard, const, cfg, policy, critic, reviser, i, prog))
-    elapsed = time.perf_counter() - t0
-    rows = stage.read_shards(len(shards))
-    red_rows = [r for r in rows if r["kind"] == "redteam"]
-    stage.write_output("data.jsonl", rows)
-    keep = sft_rows(rows, cfg)
-    stage.write_output("sft.jsonl", sft_view([r for r in keep if r["kind"] == "redteam"]))
-    stage.write_output("preference.jsonl", preference_view(red_rows))
-    stage.write_output("helpful.jsonl", sft_view([r for r in keep if r["kind"] == "helpful"]))
-    backends = {role: b for role, b in (("policy", policy), ("critic", critic), ("reviser", reviser))}
-    stats = {}
-    for b in {id(b): b for b in backends.values()}.values():
-        stats[b.model_id] = b.stats.as_dict()
-    summary = summarize(rows)
-    summary["sft_rows"] = sum(r["kind"] == "redteam" for r in keep)
-    summary["helpful_sft_rows"] = sum(r["kind"] == "helpful" for r in keep)
-    manifest = {
-        "constitution": {"name": const.name, "version": const.version, "hash": const.content_hash()},
-        "models": {role: b.describe() for role, b in backends.items()},
-        "counts": {"rows": len(rows), **summary},
-        "tokens": {"generated_this_session": prog.tokens, "backend_stats": stats},
-        "timing": {
-            "seconds_this_session": round(elapsed, 2),
-            "rows_this_session": len(rows) - already,
-            "generated_tokens_per_s": round(prog.tokens / elapsed, 2) if elapsed > 0 else None,
-            "resumed_rows": already,
-        },
-        "outputs": {
-            "data": "data.jsonl",
-            "sft": "sft.jsonl",
-            "preference": "preference.jsonl",
-            "helpful_sft": "helpful.jsonl",
-        },
-        "config": cfg.model_dump(mode="json"),
-    }
-    stage.finish(manifest)
-    return manifest
+    meter = RoleMeter()
+
+    def load() -> dict[str, Backend]:
+        return {"policy": pool.get(cfg.policy), "critic": pool.get(cfg.critic), "reviser": pool.get(cfg.reviser)}
+
+    def work(shard: Shard, roles: dict[str, Backend], prog: Progress) -> list[dict]:
+        metered = {role: _Metered(role, b, meter) for role, b in roles.items()}
+        return revise_shard(shard.items, const, cfg, metered["policy"], metered["critic"], metered["reviser"],
+                            shard.index, prog)
+
+    def finish(result: ShardedResult[dict[str, Backend]]) -> dict:
+        rows, stage = result.rows, result.stage
+        red_rows = [r for r in rows if r["kind"] == "redteam"]
+        stage.write_output("data.jsonl", rows)
+        keep = sft_rows(rows, cfg)
+        stage.write_output("sft.jsonl", sft_view([r for r in keep if r["kind"] == "redteam"]))
+        stage.write_output("preference.jsonl", preference_view(red_rows))
+        stage.write_output("helpful.jsonl", sft_view([r for r in keep if r["kind"] == "helpful"]))
+        backends = result.resources or {}
+        stats = {b.model_id: b.stats.as_dict() for b in {id(b): b for b in backends.values()}.values()}
+        summary = summarize(rows)
+        summary["sft_rows"] = sum(r["kind"] == "redteam" for r in keep)
+        summary["helpful_sft_rows"] = sum(r["kind"] == "helpful" for r in keep)
+        return {
+            "constitution": {"name": const.name, "version": const.version, "hash": const.content_hash()},
+            "models": {role: b.describe() for role, b in backends.items()},
+            "counts": {"rows": len(rows), **summary},
+            "tokens": {"generated_this_session": result.tokens, "backend_stats": stats},
+            "timing": result.timing(),
+            "accounting": meter.as_manifest(),
+            "outputs": {
+                "data": "data.jsonl",
+                "sft": "sft.jsonl",
+                "preference": "preference.jsonl",
+                "helpful_sft": "helpful.jsonl",
+            },
+            "config": cfg.model_dump(mode="json"),
+        }
+
+    return run_sharded(
+        run_dir, "revise", items, shard_size=cfg.shard_size, seed=cfg.seed,
+        identity={"revise": cfg.model_dump(mode="json"), "constitution_hash": const.content_hash()},
+        load=load, work=work, finish=finish, overwrite=overwrite, on_progress=on_progress, on_ready=on_ready,
+    )
+
+
+class _Metered:
+    """A backend whose generate calls are counted for one role in the manifest's accounting."""
+
+    def __init__(self, role: str, backend: Backend, meter: RoleMeter):
+        self._role, self._b, self._meter = role, backend, meter
+
+    def generate(self, conversations, params):
+        return self._meter.measure(self._role, self._b, lambda: self._b.generate(conversations, params))
+
+    def __getattr__(self, name):
+        return getattr(self._b, name)
