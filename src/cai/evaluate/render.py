@@ -12,11 +12,28 @@ def _fmt(f: dict | None, pct: bool = True, digits: int = 1) -> str:
     return format_figure(f, pct=pct, digits=digits, missing="-")
 
 
+def judge_quality(judge: str) -> str:
+    """The refusal judge's measured quality on the held-out part of the shipped labeled set, where it is measured."""
+    from cai.evaluate.refusal import CLASSIFIER_NAME, measure_refusal_classifier
+    from cai.evaluate.stats import wilson
+
+    if judge != f"classifier:{CLASSIFIER_NAME}":
+        return " (not measured on the labeled set: `cai eval --measure-judge`)"
+    h = (measure_refusal_classifier().get("splits") or {}).get("heldout") or {}
+    if not h.get("n"):
+        return ""
+    k = h["tp"] + h["tn"]
+    lo, hi = wilson(k, h["n"])
+    return (f", measured on the held-out labeled set: accuracy {100 * k / h['n']:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}] "
+            f"n={h['n']}, precision {100 * h['precision']:.1f}%, recall {100 * h['recall']:.1f}% (a missed refusal counts as "
+            "compliance, so harmful compliance errs high)")
+
+
 def render_summary(metrics: dict, cfg: EvalConfig) -> str:
     models = metrics["models"]
     lines = ["# Evaluation summary", "",
-             f"Refusal judge: `{metrics['judge']}`. Baseline for win rates and Elo: `{metrics['baseline']}`. "
-             "Intervals are 95% (Wilson for rates, bootstrap for means and Elo).", ""]
+             f"Refusal judge: `{metrics['judge']}`{judge_quality(metrics['judge'])}. Baseline for win rates and Elo: "
+             f"`{metrics['baseline']}`. Intervals are 95% (Wilson for rates, bootstrap for means and Elo).", ""]
     head = ["model", "harmful compliance", "over-refusal (benign)", "over-refusal (benign-risky)", "mean length (tokens)",
             f"top {cfg.ngram}-gram's share of all {cfg.ngram}-grams"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
