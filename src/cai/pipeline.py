@@ -13,7 +13,6 @@ model(s) on the held-out shipped prompts.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ from cai import registry
 from cai.backends.registry import BackendPool
 from cai.backends.spec import ModelSpec
 from cai.config import build_config, read_yaml, set_path
-from cai.data.io import write_json
+from cai.data.io import read_json, write_json
 from cai.errors import UserInputError
 
 STAGES = registry.PIPELINE_STAGES
@@ -114,7 +113,7 @@ def run_pipeline(
             _reuse(name, cfg.reuse[name], run_dir)
             if on_stage:
                 on_stage(name, f"reused from {cfg.reuse[name]}")
-            manifests[name] = json.loads((run_dir / name / "manifest.json").read_text())
+            manifests[name] = read_json(run_dir / name / "manifest.json", what="reused stage manifest")
             continue
         if on_stage:
             on_stage(name, "start")
