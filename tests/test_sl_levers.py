@@ -91,6 +91,7 @@ def test_gate_rejects_revisions_that_still_comply(tmp_path):
         assert by[rid]["final"] == by[rid]["initial"]
     gate = m["counts"]["gate"]
     assert gate["harmful_declined_after"] == {"k": 1, "n": 6}
+    assert gate["harmful_declined_before"] == {"k": 0, "n": 6}
     assert [s["id"] for s in read_jsonl(stage / "sft.jsonl")] == ["r5"]
 
 
