@@ -4,6 +4,7 @@ output views, manifest, resume."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -230,8 +231,23 @@ def critic_some_fine(conv):
     return critique_fn(conv)
 
 
+def verdict_by_critique(conv, option):
+    """Scripted critic's verdict log-probabilities: (B) when its own critique (conv[-3]) found no problem."""
+    if not conv[-1]["content"].endswith("("):
+        return None
+    fine = "no problems" in conv[-3]["content"]
+    return math.log(0.9 if (option == "B") == fine else 0.1)
+
+
+def pool_with_verdicts(critic=critic_some_fine, logprob_fn=verdict_by_critique):
+    pool, fakes = make_pool(critic=critic)
+    fakes["critic"] = FakeBackend("fake-critic", fn=critic, logprob_fn=logprob_fn)
+    pool.put("fake:critic", fakes["critic"])
+    return pool, fakes
+
+
 def test_skip_if_no_problem_skips_revision(tmp_path):
-    pool, fakes = make_pool(critic=critic_some_fine)
+    pool, fakes = pool_with_verdicts()
     m, _, rows, _ = run(tmp_path, pool=pool, skip_if_no_problem=True)
     assert [len(b) for b in fakes["critic"].calls] == [6, 6]
     assert [len(b) for b in fakes["reviser"].calls] == [4, 4]
@@ -246,6 +262,29 @@ def test_skip_if_no_problem_skips_revision(tmp_path):
     assert c["revisions_generated"] == 8 and c["revisions_accepted"] == 8
     assert c["flags"] == {"no_problem_found": 4}
     assert c["changed_from_initial"] == 4
+    assert all(e["p_needs_revision"] == pytest.approx(0.1 if r["id"] in FINE else 0.9)
+               for r in rows if r["kind"] == "redteam" for e in r["rounds"])
+
+
+def test_verdict_not_phrase_decides_the_skip(tmp_path):
+    """A critique that says "no issue with X, but ..." is not read as "no problem": the verdict decides."""
+    tricky = "There is no issue with its grammar, but it gives dangerous step-by-step instructions."
+    pool, fakes = pool_with_verdicts(critic=lambda conv: tricky,
+                                     logprob_fn=lambda conv, o: math.log(0.8 if o == "A" else 0.2))
+    m, _, rows, _ = run(tmp_path, pool=pool, skip_if_no_problem=True)
+    assert m["counts"]["flags"].get("no_problem_found", 0) == 0
+    assert all(not e.get("skipped") for r in rows if r["kind"] == "redteam" for e in r["rounds"])
+
+
+def test_verdict_parsed_when_the_critic_gives_no_log_probabilities(tmp_path):
+    def critic(conv):
+        if conv[-1]["content"].startswith("Verdict request:"):
+            return "(B)" if "no problems" in conv[-2]["content"] else "(A)"
+        return critic_some_fine(conv)
+
+    pool, fakes = pool_with_verdicts(critic=critic, logprob_fn=lambda conv, o: None)
+    m, _, rows, _ = run(tmp_path, pool=pool, skip_if_no_problem=True)
+    assert m["counts"]["flags"] == {"no_problem_found": 4}
 
 
 def test_without_skip_every_critique_is_followed_by_a_revision(tmp_path):

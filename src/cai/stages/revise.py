@@ -29,9 +29,10 @@ from cai.stages.sl_prompts import (
     clean,
     critique_conversation,
     direct_revision_conversation,
-    finds_no_problem,
     revision_conversation,
+    verdict_conversation,
 )
+from cai.labeling.mc import score_choices
 
 REJECTING_FLAGS = ("empty", "truncated", "repeats_critique", "repetitive")
 
@@ -81,7 +82,11 @@ class ReviseConfig(BaseModel):
     )
     seed: int = Field(default=0, description="Seeds principle sampling and generation")
     few_shot: int | None = Field(default=None, ge=0, description="How many shared demonstrations to show (default: all)")
-    skip_if_no_problem: bool = Field(default=False, description="Skip the revision when the critique finds no problem")
+    skip_if_no_problem: bool = Field(
+        default=False,
+        description="Skip the revision when the critic's verdict (option (B), read from its log-probabilities or "
+        "parsed from its reply) is that the answer already follows the principle",
+    )
     shard_size: int = Field(default=32, ge=1, description="Prompts per shard: the unit of batching and of resume")
     answer_tokens: int = Field(default=160, ge=1, description="Max new tokens of the policy's initial answer")
     critique_tokens: int = Field(default=96, ge=1, description="Max new tokens of a critique")
@@ -150,13 +155,26 @@ def revise_shard(
             cconvs = [critique_conversation(const, p, r["prompt"], r["final"], few_shot=cfg.few_shot) for r, p in zip(active, principles)]
             crits = critic.generate(cconvs, params(cfg.critique_tokens, rnd * 2 - 1))
             tokens += sum(c.completion_tokens for c in crits)
+            critiques = [clean(c.text) for c in crits]
+            refusals = [critic_refused(r["prompt"], t) for r, t in zip(active, critiques)]
+            verdicts: dict[int, float | None] = {}
+            if cfg.skip_if_no_problem:
+                asked = [k for k, refused in enumerate(refusals) if not refused]
+                batch = score_choices(
+                    critic, [verdict_conversation(cconvs[k], critiques[k], prefill=True) for k in asked],
+                    lambda i: verdict_conversation(cconvs[asked[i]], critiques[asked[i]], prefill=False),
+                    parse_tokens=8,
+                )
+                tokens += batch.completion_tokens
+                verdicts = {k: ch.p_a for k, ch in zip(asked, batch.choices)}
             for k, (r, (p, rel), c) in enumerate(zip(active, picks, crits)):
-                critique = clean(c.text)
-                refused = critic_refused(r["prompt"], critique)
+                critique, refused = critiques[k], refusals[k]
                 entry = {"round": rnd, "principle_id": p.id, "principle_relevant": rel, "critique": critique,
                          "critique_finish": c.finish_reason, "critic_refused": refused}
+                if k in verdicts:
+                    entry["p_needs_revision"] = None if verdicts[k] is None else round(verdicts[k], 4)
                 r["rounds"].append(entry)
-                if cfg.skip_if_no_problem and not refused and finds_no_problem(critique):
+                if verdicts.get(k) is not None and verdicts[k] < 0.5:
                     entry.update(revision=None, skipped=True, accepted=False, flags=["no_problem_found"])
                 elif refused:  # no critique to revise from: ask for the revision directly
                     rconvs[k] = direct_revision_conversation(const, p, r["prompt"], r["final"], few_shot=cfg.few_shot)

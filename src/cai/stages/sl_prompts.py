@@ -103,11 +103,28 @@ def revision_conversation(critique_conv: Conversation, principle: Principle, cri
     ]
 
 
+VERDICT_REQUEST = (
+    "Verdict request: judging by your critique, does the answer break the principle?\n"
+    "(A) Yes: it needs revising.\n(B) No: it already follows the principle.\nAnswer with (A) or (B)."
+)
+VERDICT_PREFILL = "My verdict is ("
+
+
+def verdict_conversation(critique_conv: Conversation, critique: str, *, prefill: bool) -> Conversation:
+    """After the critique, the critic is asked for a structured verdict: option (A) revise, (B) no problem.
+
+    With ``prefill`` the assistant turn is opened up to the letter, so the letters' log-probabilities are the verdict;
+    without it (servers that give no log-probabilities) the critic writes the letter, which is parsed."""
+    conv = critique_conv + [{"role": "assistant", "content": critique}, {"role": "user", "content": VERDICT_REQUEST}]
+    return conv + [{"role": "assistant", "content": VERDICT_PREFILL}] if prefill else conv
+
+
 def clean(text: str) -> str:
     """Strip a leading 'Critique:'/'Revision:' label the model may copy from the demonstrations."""
     return _LABEL.sub("", text.strip()).strip()
 
 
 def finds_no_problem(critique: str) -> bool:
-    """Heuristic: the critique says the answer already follows the principle."""
+    """Phrase heuristic, kept only for reading old runs: ``skip_if_no_problem`` asks the critic for a structured verdict
+    instead (:func:`verdict_conversation`), since a phrase match misreads "no issue with its grammar, but ..." critiques."""
     return bool(_NO_PROBLEM.search(critique[:300]))
