@@ -29,11 +29,6 @@ SYSTEM = (
 CRITIQUE_TAG = "Critique request:"
 REVISION_TAG = "Revision request:"
 
-_NO_PROBLEM = re.compile(
-    r"\b(no (problems?|issues?|concerns?|violations?)|does not (violate|break|contain anything)|"
-    r"(is|was) (appropriate|acceptable|fine|harmless|safe)|nothing (harmful|problematic|to (fix|change|improve)))\b",
-    re.IGNORECASE,
-)
 _LABEL = re.compile(r"^\s*(critique|revision|revised (answer|response))\s*:\s*", re.IGNORECASE)
 
 
@@ -122,9 +117,3 @@ def verdict_conversation(critique_conv: Conversation, critique: str, *, prefill:
 def clean(text: str) -> str:
     """Strip a leading 'Critique:'/'Revision:' label the model may copy from the demonstrations."""
     return _LABEL.sub("", text.strip()).strip()
-
-
-def finds_no_problem(critique: str) -> bool:
-    """Phrase heuristic, kept only for reading old runs: ``skip_if_no_problem`` asks the critic for a structured verdict
-    instead (:func:`verdict_conversation`), since a phrase match misreads "no issue with its grammar, but ..." critiques."""
-    return bool(_NO_PROBLEM.search(critique[:300]))
