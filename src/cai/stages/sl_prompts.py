@@ -32,15 +32,18 @@ REVISION_TAG = "Revision request:"
 _LABEL = re.compile(r"^\s*(critique|revision|revised (answer|response))\s*:\s*", re.IGNORECASE)
 
 
-def _demo_turns(const: Constitution, demos: list[Demonstration], fallback: Principle) -> Conversation:
+def _demo_turns(const: Constitution, demos: list[Demonstration], fallback: Principle, *, critique: bool = True) -> Conversation:
+    """Few-shot turns: prompt, answer, [critique request, critique,] revision request, revision."""
     turns: Conversation = []
     for d in demos:
         p = const.principle(d.principle_id) if d.principle_id else fallback
+        turns += [{"role": "user", "content": d.prompt}, {"role": "assistant", "content": d.response}]
+        if critique:
+            turns += [
+                {"role": "user", "content": f"{CRITIQUE_TAG} {p.critique_request}"},
+                {"role": "assistant", "content": d.critique},
+            ]
         turns += [
-            {"role": "user", "content": d.prompt},
-            {"role": "assistant", "content": d.response},
-            {"role": "user", "content": f"{CRITIQUE_TAG} {p.critique_request}"},
-            {"role": "assistant", "content": d.critique},
             {"role": "user", "content": f"{REVISION_TAG} {p.revision_request}"},
             {"role": "assistant", "content": d.revision},
         ]
@@ -62,27 +65,14 @@ def critique_conversation(
     return conv
 
 
-def _direct_demo_turns(const: Constitution, demos: list[Demonstration], fallback: Principle) -> Conversation:
-    turns: Conversation = []
-    for d in demos:
-        p = const.principle(d.principle_id) if d.principle_id else fallback
-        turns += [
-            {"role": "user", "content": d.prompt},
-            {"role": "assistant", "content": d.response},
-            {"role": "user", "content": f"{REVISION_TAG} {p.revision_request}"},
-            {"role": "assistant", "content": d.revision},
-        ]
-    return turns
-
-
 def direct_revision_conversation(
     const: Constitution, principle: Principle, prompt: str, answer: str, *, few_shot: int | None = None
 ) -> Conversation:
     """Revision without a critique (the CAI paper's "direct revision"): the same demonstrations minus their critiques."""
     demos = list(const.demonstrations[:few_shot] if few_shot is not None else const.demonstrations)
     conv: Conversation = [{"role": "system", "content": SYSTEM}]
-    conv += _direct_demo_turns(const, demos, principle)
-    conv += _direct_demo_turns(const, principle.demonstrations, principle)
+    conv += _demo_turns(const, demos, principle, critique=False)
+    conv += _demo_turns(const, principle.demonstrations, principle, critique=False)
     conv += [
         {"role": "user", "content": prompt},
         {"role": "assistant", "content": answer},
