@@ -175,7 +175,7 @@ def run_bestofn(
         }
 
     return run_sharded(
-        run_dir, "bestofn", items, shard_size=cfg.shard_size, seed=cfg.seed,
+        run_dir, "bestofn", items, shard_size=cfg.shard_size, seed=cfg.seed, inputs=items,
         identity={"bestofn": cfg.model_dump(mode="json"), "policy": spec.label(),
                   "reward_model": str(reward_path) if reward_path else "custom scorer"},
         load=load, load_when_done=False,

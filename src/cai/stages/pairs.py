@@ -128,7 +128,7 @@ def run_pairs(
         }
 
     return run_sharded(
-        run_dir, "pairs", items, shard_size=cfg.shard_size, seed=cfg.seed,
+        run_dir, "pairs", items, shard_size=cfg.shard_size, seed=cfg.seed, inputs=items,
         identity={"pairs": cfg.model_dump(mode="json"), "prompt_ids": [it["id"] for it in items]},
         load=lambda: pool.get(cfg.policy),
         work=lambda shard, policy, prog: pairs_shard(shard, cfg, policy, prog),

@@ -125,8 +125,9 @@ def run_sharded(
 ) -> dict:
     """Run (or resume, or return when finished) the sharded stage ``name`` in ``run_dir``. Returns the manifest.
 
-    ``identity``: the settings that must match for a rerun to resume. ``inputs``: what the input's content is
-    fingerprinted from (default ``items``): when it changed since the stage began, the stage starts again.
+    ``identity``: the settings that must match for a rerun to resume (files the settings name are fingerprinted by
+    content anyway). ``inputs``: records whose content is fingerprinted too (e.g. ``items``, when they do not all
+    come from such files): when they changed since the stage began, the stage starts again, saying so.
     ``load_when_done``: when every shard is already written (a kill between the last shard and the manifest), still
     call ``load()`` (set it to False when ``finish`` does not need the resources).
     """
@@ -144,7 +145,7 @@ def run_sharded(
         pending = overwrite or any(not stage.shard_path(s.index).exists() for s in shards)
         if pending or load_when_done:
             resources()  # before begin: a model that fails to load must not leave a half-started stage behind
-    state = stage.begin(identity, overwrite=overwrite, inputs=list(items) if inputs is None else inputs)
+    state = stage.begin(identity, overwrite=overwrite, inputs=inputs)
     if state == "complete":
         return stage.manifest()
     try:
