@@ -197,6 +197,18 @@ def test_concurrent_conversions_convert_once(tiny_gguf, tmp_path):
     assert not [p for p in folder.parent.iterdir() if p.name.startswith(".convert-")]
 
 
+def test_folder_left_by_a_killed_conversion_is_removed(tiny_gguf, tmp_path):
+    target = tmp_path / "models" / "gguf-x"
+    stale = tmp_path / "models" / ".convert-gguf-x-abc123"
+    stale.mkdir(parents=True)
+    (stale / "model.safetensors").write_bytes(b"half written")
+    other = tmp_path / "models" / ".convert-gguf-y-abc123"  # another target's: not touched
+    other.mkdir()
+    calls = []
+    G.ensure_converted(tiny_gguf, target, convert=lambda s, t: (calls.append(t), t.mkdir(), (t / "config.json").write_text("{}"), (t / ".complete").write_text("")))
+    assert calls == [target] and not stale.exists() and other.exists()
+
+
 def test_failed_conversion_leaves_no_partial_folder(tmp_path, cache):
     bad = tmp_path / "truncated.gguf"
     bad.write_bytes(b"GGUF" + b"\x03\0\0\0" + b"\0" * 8)

@@ -185,7 +185,7 @@ def convert_gguf(src: Path, target: Path) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".convert-{target.name}-", dir=target.parent))
     try:
         try:
             tok = AutoTokenizer.from_pretrained(str(src.parent), gguf_file=src.name)
@@ -223,6 +223,9 @@ def ensure_converted(src: Path, target: Path, *, convert: Callable[[Path, Path],
     with file_lock(target.parent / f".{target.name}.lock"):
         if (target / "config.json").exists() and (target / ".complete").exists():
             return target
+        # Under the lock nobody else converts into target: a temporary folder left for it was left by a killed run.
+        for stale in target.parent.glob(f".convert-{target.name}-*"):
+            shutil.rmtree(stale, ignore_errors=True)
         convert(src, target)
     return target
 
