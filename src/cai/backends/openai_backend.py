@@ -20,6 +20,9 @@ Sampling parameters (every :class:`~cai.backends.base.GenParams` field reaches t
 * seeds are per request: request ``i`` of a call gets ``seed = params.seed_for(i)`` (derived from the call's seed),
   so K samples of one prompt differ and a rerun repeats them; with ``seed=None`` no seed is sent.
 * ``repetition_penalty`` (when not 1) is sent as the extension field of that name (vLLM, llama.cpp and others).
+  Its scope differs: vLLM penalizes every token of the prompt as well as of the answer (so the chat template's
+  end-of-turn token, which every prompt contains, becomes less likely and answers run longer), while the
+  transformers backend penalizes only the tokens of the answer.
 * assistant prefill: a conversation whose last message has role ``assistant`` is sent with
   ``continue_final_message: true, add_generation_prompt: false`` (vLLM's extension fields), so the server continues
   that turn instead of answering after it.
