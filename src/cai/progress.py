@@ -224,5 +224,10 @@ def quiet_library_warnings() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' "Loading weights" bars read this
+    if "transformers" in sys.modules:  # already imported: its bar switch was read at import time
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     for category in (UserWarning, FutureWarning, DeprecationWarning, RuntimeWarning):
         warnings.filterwarnings("ignore", category=category, module=_LIBRARY_MODULES)
