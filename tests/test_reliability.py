@@ -333,6 +333,11 @@ def test_run_name_cannot_leave_the_runs_dir(runner, tmp_path):
         with pytest.raises(UserInputError):
             run_dir_for("runs", bad)
     assert check_run_dir("../runs/demo") == Path("../runs/demo")  # a runs folder above is fine
+    # an absolute --run would ignore --runs-dir: refused by every stage command
+    r = invoke(runner, args(prompts, tmp_path / "inner" / "runs", model="fake")[:-4]
+               + ["--run", str(tmp_path / "abs"), "--runs-dir", str(tmp_path / "inner" / "runs")], code=2)
+    assert "not an absolute path" in flat(r.output)
+    assert not (tmp_path / "abs").exists()
 
 
 def test_report_on_a_folder_that_is_not_a_run_writes_nothing(runner, tmp_path):

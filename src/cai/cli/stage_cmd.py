@@ -70,6 +70,7 @@ def settings(rec: registry.Stage, cls: type, flags: list[options.Flag], roles: l
 def run_stage(rec: registry.Stage, kw: dict[str, Any], extra: Callable[[dict[str, Any]], bool] | None = None) -> None:
     """Parse, wire, run and summarize one stage (the body of every generated stage command)."""
     from cai.progress import ProgressLine, quiet_library_warnings
+    from cai.runs import run_dir_for
 
     if extra is not None and extra(kw):
         return
@@ -77,7 +78,7 @@ def run_stage(rec: registry.Stage, kw: dict[str, Any], extra: Callable[[dict[str
     flags = options.flags_for(cls, rec.aliases)
     roles = options.roles(cls)
     data, source = settings(rec, cls, flags, roles, kw)
-    run_dir = Path(kw["x_runs_dir"]) / kw["x_run"]
+    run_dir = run_dir_for(kw["x_runs_dir"], kw["x_run"])
     wired = registry.wire(rec.name, data, run_dir, leave_null=True)
     cfg = build_config(cls, wired, source=source)
     for name in wired.keys() - data.keys():
