@@ -58,10 +58,14 @@ def test_revise_on_the_embedded_model(cai_exe, subprocess_env, tmp_path):
         assert r["final"] == (e["revision"] if e["accepted"] else r["initial"])
     assert rows[2]["rounds"] == []
 
+    # Only red-team rows whose revision the gate accepted become SFT rows (their final answer declines).
     sft = read_jsonl(stage / "sft.jsonl")
-    assert [s["id"] for s in sft] == [r["id"] for r in rows[:2]]
-    assert all(s["messages"][1]["content"] == r["final"] for s, r in zip(sft, rows))
+    revised = [r for r in rows[:2] if r["rounds"][0]["accepted"]]
+    assert [s["id"] for s in sft] == [r["id"] for r in revised]
+    assert all(s["messages"][1]["content"] == r["final"] for s, r in zip(sft, revised))
+    gate = m["counts"]["gate"]
+    assert gate["harmful_declined_after"]["n"] == 2 and gate["helpful_refused"]["n"] == 1
     helpful = read_jsonl(stage / "helpful.jsonl")
-    assert helpful[0]["messages"][1]["content"] == rows[2]["initial"]
+    assert [h["messages"][1]["content"] for h in helpful] == ([] if gate["helpful_refused"]["k"] else [rows[2]["initial"]])
     prefs = read_jsonl(stage / "preference.jsonl")
     assert len(prefs) == sum(r["changed"] for r in rows[:2])
