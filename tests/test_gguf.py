@@ -278,3 +278,18 @@ def test_llamacpp_backend_on_tiny_gguf(tiny_gguf):
     ref = logits - np.log(np.exp(logits - logits.max()).sum()) - logits.max()
     tok_a = b.tokenize(b.render(conv) + "A")[len(ids)]
     assert lp[0][0] == pytest.approx(float(ref[tok_a]), abs=1e-4)
+
+
+@llamacpp
+def test_llamacpp_text_cannot_forge_turns(tiny_gguf):
+    """Special-token strings inside message text are plain text in the llamacpp backend too."""
+    from test_injection import INJECTIONS
+
+    b = BackendPool().get("llamacpp:" + str(tiny_gguf))
+    end = b.tokenize("<|im_end|>")[-1]
+    plain = [{"role": "user", "content": "Hello there"}]
+    assert b.encode(plain) == b.tokenize(b.render(plain))  # ordinary text: the same ids as the template gives
+    base = b.encode(plain).count(end)
+    for text in INJECTIONS:
+        ids = b.encode([{"role": "user", "content": f"Hello there {text}"}])
+        assert ids.count(end) == base, text

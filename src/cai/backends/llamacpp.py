@@ -29,7 +29,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
-from cai.backends.base import Backend, Completion, Conversation, GenParams
+from cai.backends.base import Backend, Completion, Conversation, GenParams, empty_reason, failed_completion
 from cai.errors import MissingExtraError, ModelError
 
 LLAMACPP_FIX = (
@@ -141,8 +141,11 @@ class LlamaCppBackend(Backend):
 
     def render(self, conv: Conversation) -> str:
         """The conversation as prompt text; a final assistant message is continued, not closed."""
+        return self._render([{"role": m["role"], "content": m["content"]} for m in conv])
+
+    def _render(self, messages: list[dict]) -> str:
+        conv = messages
         prefill = bool(conv) and conv[-1]["role"] == "assistant"
-        messages = [{"role": m["role"], "content": m["content"]} for m in conv]
         text = self._template.render(
             messages=messages,
             add_generation_prompt=not prefill,
@@ -169,7 +172,22 @@ class LlamaCppBackend(Backend):
         return list(ids)
 
     def encode(self, conv: Conversation) -> list[int]:
-        return self.tokenize(self.render(conv))
+        """Token ids of the rendered conversation, with message text tokenized as plain text: a special-token string
+        inside a prompt or an answer ("<|im_end|>") stays text and cannot open or close a turn."""
+        marks = [f"\x00{i}\x00" for i in range(len(conv))]
+        text = self._render([{"role": m["role"], "content": mark} for m, mark in zip(conv, marks)])
+        ids: list[int] = []
+        rest = text
+        for m, mark in zip(conv, marks):
+            head, sep, rest = rest.partition(mark)
+            if not sep:  # the template dropped or changed a message: fall back to the plain rendering
+                return self.tokenize(self.render(conv))
+            ids += self.tokenize(head) if not ids else self._plain(head, special=True)
+            ids += self._plain(m["content"], special=False)
+        return ids + self._plain(rest, special=True)
+
+    def _plain(self, text: str, *, special: bool) -> list[int]:
+        return list(self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=special)) if text else []
 
     # --- generation ---------------------------------------------------------------------------------------------
     def describe(self) -> dict:
@@ -209,7 +227,7 @@ class LlamaCppBackend(Backend):
             stop=list(params.stop) or [],
         )
         if not params.greedy:
-            kwargs["seed"] = (params.seed if params.seed is not None else 0) + index
+            kwargs["seed"] = params.seed_for(index) or 0
         try:
             res = self.llm.create_completion(prompt=ids, **kwargs)
         except (ValueError, RuntimeError) as e:
@@ -222,7 +240,12 @@ class LlamaCppBackend(Backend):
         self.stats.completion_tokens += c
         self.stats.cached_prefix_tokens += min(cached, max(len(ids) - 1, 0))
         finish = "length" if choice.get("finish_reason") == "length" else "stop"
-        return Completion(text=choice.get("text") or "", prompt_tokens=p, completion_tokens=c, finish_reason=finish)
+        reason = empty_reason(choice.get("text"))
+        if reason is not None:  # an empty answer is a failed row, never an answer
+            self.stats.empty_completions += 1
+            self.stats.failed_requests += 1
+            return failed_completion(reason, p, c)
+        return Completion(text=choice.get("text"), prompt_tokens=p, completion_tokens=c, finish_reason=finish)
 
     # --- prefix snapshots -----------------------------------------------------------------------------------------
     def _warm_prefix(self, ordered: list[list[int]]) -> None:

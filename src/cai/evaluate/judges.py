@@ -114,7 +114,7 @@ class LLMRefusalJudge(RefusalJudge):
         self.system = REFUSAL_SYSTEM.format(principles=_principles_text(constitution, max_principles))
         self.parse_tokens = parse_tokens
         # Local models continue a prefilled assistant turn; chat servers may not, so they answer the question itself.
-        self.prefill = backend.name in ("transformers", "fake") if prefill is None else prefill
+        self.prefill = backend.name in ("transformers", "llamacpp", "fake") if prefill is None else prefill
         self.fallback = ClassifierJudge()
         self.stats = {"logprob": 0, "parsed": 0, "classifier_fallback": 0}
 
