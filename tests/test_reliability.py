@@ -417,8 +417,9 @@ def test_constitution_validation_is_linear_in_file_size(tmp_path):
         times[n] = time.process_time() - t0
         assert problems == [] and len(const.principles) == n
     assert (tmp_path / "c22500.yaml").stat().st_size > 5_000_000
-    assert times[22500] < 40, times
-    assert times[22500] / max(times[2250], 1e-3) < 25, times  # linear: about 10; quadratic: about 100
+    # The quadratic validator took 44-51 s on the 5 MB file; the linear one takes about 3 CPU seconds. A ratio of
+    # the two sizes' times is too noisy for a test (the small file takes well under a tenth of a second).
+    assert times[22500] < 20, times
 
 
 # --- 9. credentials in base_url --------------------------------------------------------------------------------
