@@ -419,7 +419,13 @@ class StageDir:
         return ", ".join(bad)
 
     def finish(self, manifest: dict) -> Path:
-        """Write the manifest last: only now is the stage complete. Gives the folder's lock back."""
+        """Write the manifest last: only now is the stage complete. Gives the folder's lock back.
+
+        A stage with a typed manifest model (:mod:`cai.manifests`) has its manifest checked against it first."""
+        from cai.manifests import MANIFESTS, load_manifest
+
+        if self.stage in MANIFESTS:
+            load_manifest(self.stage, manifest)
         body = {
             "stage": self.stage,
             "format_version": FORMAT_VERSION,

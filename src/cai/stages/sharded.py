@@ -49,7 +49,6 @@ from pathlib import Path
 from typing import Any, Callable, Generic, Sequence, TypeVar
 
 from cai.progress import Progress
-from cai.manifests import MANIFESTS, load_manifest
 from cai.runs import StageDir
 from cai.seeding import shard_seed
 
@@ -170,9 +169,7 @@ def run_sharded(
         result = ShardedResult(stage=stage, rows=stage.read_shards(len(shards)),
                                resources=loaded[0] if loaded else None, progress=prog, resumed=already, seconds=seconds)
         body = finish(result)
-        if name in MANIFESTS:  # checked against its typed model before it is written
-            load_manifest(name, body)
-        stage.finish(body)
+        stage.finish(body)  # checked against the stage's typed manifest model before it is written
     except BaseException:
         stage.release()
         raise

@@ -40,7 +40,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from cai.manifests import MANIFESTS, load_manifest
 from cai.runs import StageDir
 from cai.train.logs import (
     StepReporter,
@@ -245,9 +244,7 @@ def run_training(
         }
         if trained.finalize is not None:
             body = trained.finalize(body)
-        if name in MANIFESTS:  # checked against its typed model before it is written
-            load_manifest(name, body)
-        stage.finish(body)
+        stage.finish(body)  # checked against the stage's typed manifest model before it is written
     except BaseException:
         stage.release()
         raise
