@@ -42,11 +42,6 @@ def revision_flags(
         flags.append("repeats_critique")
     if _norm(revision) == _norm(previous):
         flags.append("unchanged")
-    if repeat_share(revision) >= repeat_threshold:
+    if loop_share(revision, 3) >= repeat_threshold:
         flags.append("repetitive")
     return flags
-
-
-def repeat_share(text: str, n: int = 3) -> float:
-    """Share of the text's word n-grams taken by its most repeated n-gram: :func:`cai.textmetrics.loop_share`."""
-    return loop_share(text, n)
