@@ -117,9 +117,10 @@ STAGES: tuple[Stage, ...] = (
     ),
     Stage(
         name="rl", kind="training",
-        help="RL-CAI: optimize the policy against the reward model with a KL leash (GRPO, RLOO or PPO).",
+        help="RL-CAI: optimize the policy against the reward model, or directly against the labeler's ratings "
+             "(--reward constitution), with a KL leash (GRPO, RLOO or PPO).",
         config="cai.stages.rl:RLStageConfig", run="cai.stages.rl:run_rl",
-        inputs=(_SFT_MODEL, _REWARD_MODEL), outputs=("model", "metrics.jsonl", "samples.jsonl"),
+        inputs=(_SFT_MODEL, _REWARD_MODEL), roles=("labeler",), outputs=("model", "metrics.jsonl", "samples.jsonl"),
         curves=("reward", "kl", "completions/mean_length", "answer_words", "refusal_rate", "repeat_3gram_share",
                 "distinct_3gram_ratio", "loss"),
         summary="cai.cli.summaries:rl",

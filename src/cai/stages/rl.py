@@ -19,8 +19,12 @@ Algorithms (``algorithm:``):
   clipped policy loss + ``vf_coef`` x clipped value loss over minibatches. Logged ``kl``: sum of ``logp - ref`` per
   completion, as for RLOO.
 
-Every algorithm uses the same reward function (:class:`cai.train.rl_metrics.RewardModelReward` over
-:class:`cai.stages.reward.RewardScorer`), which also measures the answers it scores. Each logging step appends to
+Every algorithm uses the same reward function (:class:`cai.train.rl_metrics.RewardModelReward`), which also measures
+the answers it scores. Its scorer is the reward model (``reward: model``, default: :class:`cai.stages.reward.RewardScorer`)
+or, for direct RLAIF (``reward: constitution``, Lee et al. 2023), the labeler itself: each answer is rated 1-9 against
+``ensemble`` sampled principles and the reward is the expected rating in [0, 1] (:mod:`cai.labeling.rating`); no
+reward model is trained or read, and the labeler's calls and seconds are logged per step (``labeler/*``) and totalled in
+the manifest's ``reward`` section (:mod:`cai.train.direct_reward`). Each logging step appends to
 ``metrics.jsonl``: ``reward`` (mean reward-model score), ``kl``, ``completions/mean_length`` (tokens),
 ``answer_words``, ``answer_chars``, ``refusal_rate`` (the shared refusal classifier), ``repeat_3gram_share`` (share of
 the step's answers containing its most common word 3-gram: boilerplate Goodharting), ``distinct_3gram_ratio``; every
@@ -57,11 +61,13 @@ from cai.train.ppo import (  # noqa: F401 - the PPO pieces stay importable from 
     ppo_train,
 )
 from cai.stages.reward import reward_model_of
+from cai.train.direct_reward import DIRECT_FIELDS, DirectRewardSettings, constitution_scorer, reward_block
 from cai.train.rl_metrics import METRIC_KEYS, RewardModelReward, refusal_classifier
 from cai.train.runner import Trained, TrainingRun, identity_config, run_training
 from cai.train.settings import TrainSettings
 
 SUMMARY_KEYS = ("reward", "kl", "completions/mean_length", *METRIC_KEYS)
+LABELER_KEYS = ("labeler/calls", "labeler/requests", "labeler/seconds", "labeler/abstained", "labeler/rating_mass")
 KL_DEFINITION = {
     "grpo": "per-token mean of exp(ref-logp) - (ref-logp) - 1 (k3 estimator), over completion tokens",
     "rloo": "per-completion sum over tokens of (logp - ref)",
@@ -69,7 +75,7 @@ KL_DEFINITION = {
 }
 
 
-class RLStageConfig(TrainSettings):
+class RLStageConfig(DirectRewardSettings, TrainSettings):
     """Settings of ``cai rl``; YAML keys (an ``rl:`` section or flat keys) and CLI flags use these names."""
 
     algorithm: Literal["grpo", "rloo", "ppo"] = Field(
@@ -79,7 +85,8 @@ class RLStageConfig(TrainSettings):
         default=None, description="Policy to train: null = this run's sft/model if present, else 'embedded'; or a folder"
     )
     reward_model: str | None = Field(
-        default=None, description="Reward model folder: null = this run's reward/model (written by `cai reward`)"
+        default=None,
+        description="Reward model folder: null = this run's reward/model (written by `cai reward`); unused with reward: constitution",
     )
     prompts: str = Field(default="redteam", description="Red-team prompts: 'redteam' (shipped) or a file path")
     prompt_split: str = Field(default="train", description="Split of the prompt file: train, eval or all")
@@ -143,18 +150,28 @@ def load_rl_prompts(cfg: RLStageConfig, tok) -> tuple[list[dict], dict[str, int]
 
 def run_rl(cfg: RLStageConfig, run_dir: str | Path, *, overwrite: bool = False, progress: bool = True,
            callbacks: list | None = None, on_progress: Callable[[Any], None] | None = None,
-           on_ready: Callable[[Any], None] | None = None) -> dict:
-    """Run (or resume) ``cai rl`` into ``run_dir/rl``. Returns the manifest."""
+           on_ready: Callable[[Any], None] | None = None, pool: Any = None) -> dict:
+    """Run (or resume) ``cai rl`` into ``run_dir/rl``. Returns the manifest. ``pool``: the backend pool the labeler
+    comes from (``reward: constitution``; a new one when not given)."""
     run_dir = Path(run_dir)
     policy_path, policy_label, policy_source = resolve_policy(cfg.policy, run_dir)
-    reward_path = reward_model_of(cfg.reward_model, run_dir)
+    direct = cfg.reward == "constitution"
+    reward_path = None if direct else reward_model_of(cfg.reward_model, run_dir)
+    if direct:
+        from cai.constitution import load_constitution
+
+        load_constitution(cfg.constitution)  # a bad constitution is an error before the stage folder is touched
 
     def train(run: TrainingRun) -> Trained:
+        from cai.backends.registry import BackendPool
         from cai.stages.reward import RewardScorer
 
         tok = load_tokenizer(policy_path)
         rows, data_info = load_rl_prompts(cfg, tok)
-        scorer = RewardScorer(reward_path, device=cfg.device, batch_size=cfg.reward_batch_size)
+        if direct:
+            scorer = constitution_scorer(cfg, pool or BackendPool(), cfg.seed)
+        else:
+            scorer = RewardScorer(reward_path, device=cfg.device, batch_size=cfg.reward_batch_size)
         reward_fn = RewardModelReward(scorer, samples_path=run.stage.path / "samples.jsonl",
                                       batch_size=cfg.reward_batch_size)
         if cfg.algorithm == "ppo":
@@ -164,7 +181,8 @@ def run_rl(cfg: RLStageConfig, run_dir: str | Path, *, overwrite: bool = False, 
         _, refusal_name = refusal_classifier()
 
         def finalize(body: dict) -> dict:
-            body["rl"]["metrics"] = {k: first_last(read_metrics(run.metrics_path), k) for k in SUMMARY_KEYS}
+            keys = (*SUMMARY_KEYS, *LABELER_KEYS) if direct else SUMMARY_KEYS
+            body["rl"]["metrics"] = {k: first_last(read_metrics(run.metrics_path), k) for k in keys}
             return body
 
         return Trained(
@@ -172,7 +190,10 @@ def run_rl(cfg: RLStageConfig, run_dir: str | Path, *, overwrite: bool = False, 
             manifest={
                 "algorithm": cfg.algorithm,
                 "policy": {"path": str(policy_path), "label": policy_label, "source": policy_source},
-                "reward_model": str(reward_path),
+                "reward_model": str(reward_path) if reward_path else None,
+                "reward": reward_block(cfg, reward_model=str(reward_path) if reward_path else None,
+                                       rater=scorer if direct else None,
+                                       steps=int(training.get("steps_this_session") or 0)),
                 "reference": "the policy with its LoRA adapter disabled" if cfg.lora else "a frozen copy of the starting policy",
                 "data": {**data_info, "train_prompts": len(rows)},
                 "rl": {
@@ -187,10 +208,21 @@ def run_rl(cfg: RLStageConfig, run_dir: str | Path, *, overwrite: bool = False, 
             },
         )
 
-    identity = {"rl": identity_config(cfg), "policy": str(policy_path), "reward_model": str(reward_path)}
+    identity = {"rl": _identity(cfg), "policy": str(policy_path),
+                "reward_model": str(reward_path) if reward_path else "constitution"}
     return run_training(run_dir, "rl", cfg, identity=identity, train=train, outputs={"samples": "samples.jsonl"},
                         trim=("samples.jsonl",), overwrite=overwrite, progress=progress, callbacks=callbacks,
                         on_progress=on_progress, on_ready=on_ready)
+
+
+def _identity(cfg: RLStageConfig) -> dict[str, Any]:
+    """The config in the stage's fingerprint; with ``reward: model`` the direct-RLAIF fields stay out of it, so a run
+    started before they existed resumes."""
+    ident = identity_config(cfg)
+    if cfg.reward == "model":
+        for k in DIRECT_FIELDS:
+            ident.pop(k, None)
+    return ident
 
 
 # --- GRPO / RLOO through TRL ----------------------------------------------------------------------------------------

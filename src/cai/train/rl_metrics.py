@@ -110,10 +110,13 @@ def completion_metrics(prompts: Sequence[str], texts: Sequence[str], *, refused:
 
 # --- the reward function TRL calls ----------------------------------------------------------------------------------
 class RewardModelReward:
-    """A TRL reward function over a reward model that also measures and logs the completions it scores.
+    """A TRL reward function over a reward model (or the labeler, for direct RLAIF) that also measures and logs the
+    completions it scores.
 
-    ``scorer`` is anything with ``score(prompts, answers) -> list[float]`` (a :class:`~cai.stages.reward.RewardScorer`;
-    prompts are message lists, answers strings). ``samples_path`` (optional) receives one JSON line per completion.
+    ``scorer`` is anything with ``score(prompts, answers) -> list[float]`` (a :class:`~cai.stages.reward.RewardScorer`
+    or a :class:`~cai.labeling.rating.ConstitutionRater`; prompts are message lists, answers strings). A scorer's
+    ``last_stats`` (labeler calls, requests, seconds, abstentions of the latest call) are logged next to the answer
+    metrics, and its ``last_details`` (one dict per answer: principles, ratings, abstained) go into the samples. ``samples_path`` (optional) receives one JSON line per completion.
     """
 
     __name__ = "reward_model"
@@ -140,16 +143,20 @@ class RewardModelReward:
         self.calls += 1
         self.last = {"step": step, "reward_mean": sum(rewards) / len(rewards) if rewards else math.nan,
                      "top_3gram": " ".join(gram) if gram else None, **metrics}
+        # a scorer that asks a labeler (cai.labeling.rating.ConstitutionRater) also reports its calls and time
+        scorer_stats = dict(getattr(self.scorer, "last_stats", None) or {})
+        details = list(getattr(self.scorer, "last_details", None) or [{}] * len(texts))
+        self.last.update(scorer_stats)
         if log_metric is not None:
-            for k, v in metrics.items():
+            for k, v in {**metrics, **scorer_stats}.items():
                 log_metric(k, float(v))
         if self.samples_path is not None:
             from cai.train.common import append_line
 
             body = "".join(
-                json.dumps({"step": step, "prompt": u, "completion": t, "reward": round(r, 6), "refused": f},
+                json.dumps({"step": step, "prompt": u, "completion": t, "reward": round(r, 6), "refused": f, **d},
                            ensure_ascii=False) + "\n"
-                for u, t, r, f in zip(users, texts, rewards, refused)
+                for u, t, r, f, d in zip(users, texts, rewards, refused, details)
             )
             append_line(self.samples_path, body.rstrip("\n"))
         return rewards
