@@ -57,9 +57,10 @@ def main(
 
 
 def _register() -> None:
-    from cai.cli import constitution_cmd, pipeline_cmd, report_cmd, score_cmd
+    from cai.cli import constitution_cmd, guard_cmd, pipeline_cmd, report_cmd, score_cmd
 
     app.add_typer(constitution_cmd.app, name="constitution")
+    app.add_typer(guard_cmd.app, name="guard")
     score_cmd.register(app)
     report_cmd.register(app)
     pipeline_cmd.register(app)
