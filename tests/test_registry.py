@@ -29,7 +29,7 @@ def test_the_pipeline_is_built_from_the_registry():
     assert STAGES == registry.PIPELINE_STAGES == ("revise", "sft", "pairs", "label", "reward", "rl", "dpo", "eval")
     assert set(STAGES) <= set(PipelineConfig.model_fields)
     assert PipelineConfig().stages == list(STAGES)
-    assert registry.TRAINING_STAGES == ("sft", "reward", "rl", "dpo")
+    assert registry.TRAINING_STAGES == ("sft", "reward", "rl", "dpo", "orpo")
 
 
 def test_wire_in_a_pipeline_that_trains_sft(tmp_path):

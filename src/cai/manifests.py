@@ -302,6 +302,16 @@ class RlManifest(TrainingManifest):
     reward_model: str | None = None
     reference: str | None = None
     rl: dict[str, Any] | None = Field(default=None, description="beta, generations, KL definition, refusal classifier")
+    reward: dict[str, Any] | None = Field(
+        default=None, description="Reward source (model or constitution); for the labeler: its calls, ratings, "
+        "seconds and abstentions in total and per step"
+    )
+
+
+class OrpoManifest(TrainingManifest):
+    STAGE: ClassVar[str] = "orpo"
+    policy: dict[str, Any] | None = None
+    orpo: dict[str, Any] | None = Field(default=None, description="beta, trainer, last logged metrics")
 
 
 class BestOfNManifest(StageManifest):
@@ -359,7 +369,7 @@ class EvalManifest(StageManifest):
 
 MANIFESTS: dict[str, type[StageManifest]] = {
     m.STAGE: m for m in (ReviseManifest, PairsManifest, LabelManifest, SftManifest, RewardManifest, DpoManifest,
-                         RlManifest, BestOfNManifest, EvalManifest)
+                         RlManifest, OrpoManifest, BestOfNManifest, EvalManifest)
 }
 
 

@@ -133,6 +133,16 @@ STAGES: tuple[Stage, ...] = (
         curves=("loss", "rewards/margins", "rewards/accuracies", "rewards/chosen"), summary="cai.cli.summaries:dpo",
     ),
     Stage(
+        name="orpo", kind="training", pipeline=False,
+        help="ORPO: SFT and preference optimization in one stage, on the SL-CAI pairs plus the AI-labeled pairs "
+             "(TRL experimental ORPOTrainer; starts from the base model).",
+        config="cai.stages.orpo:ORPOStageConfig", run="cai.stages.orpo:run_orpo",
+        inputs=(Input("pairs", "label", "preference.jsonl", description="this run's label/preference.jsonl"),
+                Input("sl_pairs", "revise", "preference.jsonl", description="this run's revise/preference.jsonl")),
+        roles=("policy",), outputs=("model", "metrics.jsonl"),
+        curves=("loss", "nll_loss", "log_odds_ratio", "rewards/accuracies"), summary="cai.cli.summaries:orpo",
+    ),
+    Stage(
         name="eval", kind="sharded",
         help="Evaluate models: harmful compliance, over-refusal, pairwise win rate and Elo, reward accuracy, length, "
              "repetition.",

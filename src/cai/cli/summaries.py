@@ -122,8 +122,16 @@ def rl(stage_dir: Path, m: Any, done_before: bool = False) -> None:
     out.print(
         f"  steps {t['steps']}, {t['seconds_this_session']} s this session ({_fmt(t['seconds_per_step'], 2)} s/step) "
         f"on {t['device']} {t['precision']}{resumed}; policy {m.policy['label']} ({m.policy['source']}); "
-        f"reward model {m.reward_model}"
+        + (f"reward model {m.reward_model}" if m.reward_model else "reward from the labeler (direct RLAIF)")
     )
+    rw = getattr(m, "reward", None) or {}
+    if rw.get("source") == "constitution":
+        tot, per = rw["labeler_totals_this_session"], rw.get("labeler_per_step") or {}
+        out.print(
+            f"  labeler {rw['labeler'].get('model')}: {tot['calls']} calls, {tot['requests']} ratings, "
+            f"{tot['seconds']} s this session ({_fmt(per.get('seconds'), 2)} s/step); {tot['abstained']} of "
+            f"{tot['answers']} answers abstained (neutral reward {rw['neutral_reward']}); scale {rw['scale']}"
+        )
     out.print(
         f"  last step: reward {_fmt(last.get('reward'))} (first {_fmt(first.get('reward'))}), "
         f"KL {_fmt(last.get('kl'))} (beta {r['beta']}), length {_fmt(last.get('completions/mean_length'), 1)} tokens / "
@@ -196,6 +204,18 @@ def dpo(stage_dir: Path, m: Any, done_before: bool = False) -> None:
     out.print(
         f"  policy: {m.policy['label']} ({m.policy['source']}); pairs {m.data['train_pairs']}; "
         f"beta {m.dpo['beta']}; last rewards/margins {_fmt(f.get('rewards/margins'))}, "
+        f"rewards/accuracies {_fmt(f.get('rewards/accuracies'))}"
+    )
+
+
+def orpo(stage_dir: Path, m: Any, done_before: bool = False) -> None:
+    _print_training("orpo", stage_dir, m, done_before)
+    f = m.orpo["final"]
+    src = m.data.get("by_source", {})
+    out.print(
+        f"  policy: {m.policy['label']} ({m.policy['source']}); pairs {m.data['train_pairs']} "
+        f"({src.get('sl_pairs', 0)} SL-CAI, {src.get('pairs', 0)} AI-labeled); beta {m.orpo['beta']}; "
+        f"last nll_loss {_fmt(f.get('nll_loss'))}, log_odds_ratio {_fmt(f.get('log_odds_ratio'))}, "
         f"rewards/accuracies {_fmt(f.get('rewards/accuracies'))}"
     )
 

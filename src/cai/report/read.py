@@ -16,7 +16,8 @@ from cai.manifests import MANIFESTS, LabelManifest, StageManifest, load_manifest
 from cai.report.figures import fmt_fig, is_num, model_label, wilson_fig
 from cai.report.judges import judge_table
 
-STAGES, TRAIN_STAGES = registry.PIPELINE_STAGES, registry.TRAINING_STAGES  # the order of the report's sections
+STAGES = registry.PIPELINE_STAGES  # the order of the report's sections
+TRAIN_STAGES = tuple(s for s in registry.TRAINING_STAGES if s in STAGES)  # orpo: in the policy comparison table
 DEFAULT_MAX_TRACES = 300
 
 # stage -> (metrics.jsonl key, chart title, is a share in [0, 1])
@@ -30,6 +31,8 @@ CURVES: dict[str, list[tuple[str, str, bool]]] = {
            ("completions/mean_length", "answer length (tokens)", False), ("answer_words", "answer length (words)", False),
            ("refusal_rate", "refusal rate", True), ("repeat_3gram_share", "answers sharing the top 3-gram", True),
            ("distinct_3gram_ratio", "distinct 3-gram ratio", True), ("loss", "loss", False)],
+    "orpo": [("loss", "loss (NLL + odds ratio)", False), ("nll_loss", "NLL of the chosen answer", False),
+             ("log_odds_ratio", "log odds ratio", False), ("rewards/accuracies", "implicit reward accuracy", True)],
 }
 STAGE_TITLES = {"sft": "SL-CAI supervised fine-tuning (sft)", "reward": "Preference / reward model (reward)",
                 "dpo": "RL-CAI with DPO (dpo)", "rl": "RL-CAI against the reward model (rl)"}
