@@ -211,7 +211,7 @@ def label_shard(
     reasoning_finish: list[str | None] = [None] * len(items)
     if cfg.mode == "cot":
         gens = labeler.generate(
-            [P.reasoning_conversation(it["prompt"], it["q"], it["A"], it["B"]) for it in items],
+            [P.reasoning_conversation(it["prompt"], it["q"], it["A"], it["B"], language=const.language) for it in items],
             GenParams(max_new_tokens=cfg.cot_tokens, temperature=cfg.cot_temperature, seed=shard.seed(COT_STEP)),
         )
         reasoning = [P.clean_reasoning(g.text) for g in gens]
@@ -220,8 +220,10 @@ def label_shard(
 
     batch = score_choices(
         labeler,
-        [P.scoring_conversation(it["prompt"], it["q"], it["A"], it["B"], reasoning[k]) for k, it in enumerate(items)],
-        lambda k: P.answer_conversation(items[k]["prompt"], items[k]["q"], items[k]["A"], items[k]["B"], reasoning[k]),
+        [P.scoring_conversation(it["prompt"], it["q"], it["A"], it["B"], reasoning[k], language=const.language)
+         for k, it in enumerate(items)],
+        lambda k: P.answer_conversation(items[k]["prompt"], items[k]["q"], items[k]["A"], items[k]["B"], reasoning[k],
+                                        language=const.language),
         parse_tokens=cfg.parse_tokens,
         retries=cfg.parse_retries,
         retry_temperature=cfg.parse_temperature,
