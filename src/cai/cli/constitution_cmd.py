@@ -66,3 +66,5 @@ def schema() -> None:
 def path() -> None:
     """Print the path of the shipped default constitution."""
     typer.echo(str(default_constitution_path()))
+
+from cai.cli import constitution_tools_cmd; constitution_tools_cmd.register(app)  # noqa: E402,E702
