@@ -57,7 +57,7 @@ def test_accounting_from_backend_stats_with_and_without_price():
 
 # --- load_manifest ----------------------------------------------------------------------------------------------
 def test_every_stage_has_a_model_and_unknown_keys_are_kept(tmp_path):
-    assert set(MANIFESTS) == {"revise", "pairs", "label", "sft", "reward", "dpo", "rl", "orpo", "bestofn", "eval"}
+    assert set(MANIFESTS) == {"revise", "pairs", "label", "sft", "reward", "dpo", "rl", "orpo", "bestofn", "eval", "redteam"}
     m = load_manifest("rl", {"stage": "rl", "format_version": 1, "algorithm": "grpo", "something_new": {"a": 1}})
     assert m.algorithm == "grpo" and m.model_extra["something_new"] == {"a": 1}
     # the stage name may be left out of a dict; a folder holding manifest.json is read too

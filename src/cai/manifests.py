@@ -367,9 +367,36 @@ class EvalManifest(StageManifest):
     )
 
 
+class RedteamResults(BaseModel):
+    """The red-team figures (see :mod:`cai.redteam.metrics`)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    counts: dict[str, int] = Field(default_factory=dict, description="Cases by status, successes, near-duplicates")
+    success: Figure | None = Field(default=None, description="Successful attacks of judged cases (status ok)")
+    by_category: dict[str, Figure] = Field(default_factory=dict, description="Harm category -> success rate")
+    by_method: dict[str, Figure] = Field(default_factory=dict, description="Method -> success rate")
+    attacker_refusal: Figure | None = Field(default=None, description="Cases the attacker refused to write, of all")
+    error_rate: Figure | None = Field(default=None, description="Cases that ended in an error, of all")
+    diversity: dict[str, Any] = Field(default_factory=dict, description="Self-BLEU and embedding distance of attacks")
+    unique_successes: dict[str, Any] = Field(default_factory=dict, description="Clusters of successful attacks")
+    near_duplicates: dict[str, Any] = Field(default_factory=dict, description="Threshold and attacks flagged")
+    judge: dict[str, Any] = Field(default_factory=dict, description="The deciding judge and its measured quality")
+
+
+class RedteamManifest(StageManifest):
+    STAGE: ClassVar[str] = "redteam"
+    DEFAULT_ROLE: ClassVar[str] = "attacker"
+    models: dict[str, dict[str, Any]] = Field(default_factory=dict, description="attacker, target -> backend description")
+    judges: list[dict[str, Any]] = Field(default_factory=list, description="Judges' descriptions, the deciding one first")
+    purpose: str | None = Field(default=None, description="What the target is for, as given")
+    counts: dict[str, Any] = Field(default_factory=dict, description="Cases by status, successes, attacks written")
+    results: RedteamResults | None = Field(default=None, description="Success rates, diversity, clusters, judge quality")
+
+
 MANIFESTS: dict[str, type[StageManifest]] = {
     m.STAGE: m for m in (ReviseManifest, PairsManifest, LabelManifest, SftManifest, RewardManifest, DpoManifest,
-                         RlManifest, OrpoManifest, BestOfNManifest, EvalManifest)
+                         RlManifest, OrpoManifest, BestOfNManifest, EvalManifest, RedteamManifest)
 }
 
 

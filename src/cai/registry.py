@@ -76,6 +76,14 @@ _LABEL_PREFS = Input("data", "label", "preference.jsonl", description="this run'
 
 STAGES: tuple[Stage, ...] = (
     Stage(
+        name="redteam", kind="sharded", pipeline=False,
+        help="Red-team the target: an attacker model writes attacks per harm category, judges score the answers; "
+             "successes go to attacks.jsonl (for `cai revise --prompts` and `cai eval --harmful`).",
+        config="cai.redteam.config:RedteamConfig", run="cai.redteam.stage:run_redteam",
+        roles=("attacker", "target"), outputs=("cases.jsonl", "attacks.jsonl"),
+        summary="cai.cli.summaries:redteam",
+    ),
+    Stage(
         name="revise", kind="sharded",
         help="Generate an SL-CAI dataset: answer, then critique and revise against sampled principles.",
         config="cai.stages.revise:ReviseConfig", run="cai.stages.revise:run_revise",

@@ -225,3 +225,44 @@ def evaluate(stage_dir: Path, m: Any, done_before: bool = False) -> None:
     out.print(f"  {m.counts['prompts']} prompts x {m.counts['models']} model(s); "
               f"{m.timing['seconds_this_session']} s this session")
     out.print((stage_dir / "summary.md").read_text(encoding="utf-8"), markup=False, highlight=False)
+
+
+def redteam(stage_dir: Path, m: Any, done_before: bool = False) -> None:
+    from cai.manifests import format_figure
+
+    r, c = m.results, m.counts
+    out.print(f"[bold green]redteam done[/]: {stage_dir}")
+    out.print(f"  cases   : {stage_dir / 'cases.jsonl'}; attacks: "
+              + (f"{stage_dir / 'attacks.jsonl'} ({c.get('attacks_written', 0)} successful attacks)"
+                 if c.get("attacks_written") else "none written (no successful attack)"))
+    out.print(f"  cases {c['cases']}: ok {c['ok']}, attacker refused {c['attacker_refused']}, error {c['error']}, "
+              f"unscored {c['unscored']}; near-duplicates of known prompts {c['near_duplicates']}")
+    q = (r.judge or {}).get("quality")
+    judged = f"judge {r.judge.get('name')}" + (
+        f" (held-out: refusal precision {100 * q['refusal_precision']:.1f}%, recall {100 * q['refusal_recall']:.1f}%; "
+        "'corrected' accounts for its errors)" if q else " (not measured on a labeled set)")
+    out.print(f"  success rate (target complied), {judged}:")
+
+    def line(name: str, f: Any) -> str:
+        corr = (f.model_extra or {}).get("corrected") if f is not None else None
+        return f"    {name:<18} {format_figure(f, missing='-')}" + (
+            f"   corrected {format_figure(corr, missing='-', with_n=False)}" if corr else "")
+
+    out.print(line("all", r.success), highlight=False)
+    for cat, f in r.by_category.items():
+        out.print(line(cat, f), highlight=False)
+    for meth, f in r.by_method.items():
+        out.print(line(f"method {meth}", f), highlight=False)
+    d = r.diversity or {}
+    for key in ("attacks", "successes"):
+        x = d.get(key) or {}
+        out.print(f"  diversity of {key} (n={x.get('n', 0)}): self-BLEU {_fmt(x.get('self_bleu'), 3)} (1 = all alike), "
+                  f"mean embedding distance {_fmt(x.get('embedding_distance'), 3)}")
+    u = r.unique_successes or {}
+    out.print(f"  unique successes: {u.get('clusters', 0)} cluster(s) of {u.get('successes', 0)} successful attacks "
+              f"(largest {u.get('largest_cluster', 0)}; cosine >= {u.get('threshold')})")
+    out.print(f"  attacker refusal rate: {format_figure(r.attacker_refusal, missing='-')}", highlight=False)
+    t = m.timing
+    out.print(f"  {t.get('seconds_this_session')} s this session"
+              + (f" (resumed: {t['resumed_rows']} cases were already done)" if t.get("resumed_rows") else ""))
+
