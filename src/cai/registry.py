@@ -52,7 +52,12 @@ class Stage:
     aliases: dict[str, tuple[str, ...]] = field(default_factory=dict)  # extra flag names for a field
 
     def config_class(self) -> type:
-        return _load(self.config)
+        cls = _load(self.config)
+        if self.kind == "sharded":  # every sharded stage takes `executor:` (local or ray), see cai.executors
+            from cai.executors.config import with_executor
+
+            return with_executor(cls)
+        return cls
 
     def run_function(self) -> Callable[..., dict]:
         return _load(self.run)
@@ -266,6 +271,10 @@ def call(name: str, cfg: Any, run_dir: str | Path, *, overwrite: bool = False, p
     kwargs: dict[str, Any] = {}
     if "overwrite" in accepts:
         kwargs["overwrite"] = overwrite
+    if getattr(cfg, "executor", None) is not None:  # the roles' backends come from the stage's executor
+        from cai.executors.local import executor_pool
+
+        pool = executor_pool(cfg, pool, takes_pool="pool" in accepts)
     if pool is not None and "pool" in accepts:
         kwargs["pool"] = pool
     if line is not None:
