@@ -53,6 +53,9 @@ def infer(
 ) -> None:
     """Infer a constitution from pairwise preferences and report its held-out agreement (inverse CAI)."""
     from cai.constitution.infer import InferConfig, run_infer
+    from cai.progress import quiet_library_warnings
+
+    quiet_library_warnings()
 
     cfg = _settings(InferConfig, "infer", config, {
         "input": input, "out": out_dir, "format": fmt, "proposer": proposer or model, "labeler": labeler or model,
@@ -92,6 +95,9 @@ def collect(
 ) -> None:
     """Draft a constitution from public votes: opinion groups, cross-group consensus, divisive statements (collective CAI)."""
     from cai.constitution.collect import CollectConfig, run_collect
+    from cai.progress import quiet_library_warnings
+
+    quiet_library_warnings()
 
     cfg = _settings(CollectConfig, "collect", config, {
         "input": input, "out": out_dir, "rule": rule, "threshold": threshold, "rewrite": rewrite, "rewriter": rewriter,
