@@ -304,3 +304,15 @@ def test_supervised_training_rows_pair_the_zero_shot_request_with_the_success():
 ])
 def test_clean_attack(raw, clean):
     assert P.clean_attack(raw) == clean
+
+
+def test_report_shows_the_redteam_section(tmp_path):
+    from cai.report.build import build_report
+
+    run_redteam(cfg(), tmp_path / "r", pool=make_pool(), embedder=bag_embed)
+    out = build_report(tmp_path / "r")
+    html = open(out["html"], encoding="utf-8").read()
+    md = open(out["summary"], encoding="utf-8").read()
+    assert 'id="redteam"' in html and "Attack success per harm category" in html and "fraud" in html
+    assert "## Red-teaming" in md and "| fraud | 100.0% [51.0, 100.0] n=4 |" in md
+    assert "unique successes" in md and "corrected" in md

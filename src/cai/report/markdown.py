@@ -8,6 +8,7 @@ from typing import Any
 from cai.report.figures import flip, fmt_fig, is_num, label_figures, wilson_fig
 from cai.report.html_eval import EVAL_COLS
 from cai.report.read import CURVES, STAGES, TRAIN_STAGES, accounting_rows, curve_series, run_constitution
+from cai.report.redteam import summary_lines
 
 
 def _md(text: Any) -> str:
@@ -113,6 +114,7 @@ def render_summary(data: dict, generated: str | None = None) -> str:
                   f"{rc.get('changed_from_initial')}/{rc.get('redteam_rows')}", ""]
     else:
         lines += [st["revise"]["status"], ""]
+    lines += summary_lines(data)
     lines += _accounting_lines(data)
     return "\n".join(lines)
 

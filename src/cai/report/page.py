@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as _dt
 
 from cai.report.html_eval import section_eval, section_header, section_judges
+from cai.report.redteam import section_redteam
 from cai.report.html_stages import (
     section_accounting,
     section_label,
@@ -79,6 +80,7 @@ def render_html(data: dict, generated: str | None = None) -> str:
         ("training", "Training curves", section_training(data)),
         ("reward", "Reward model evaluation", section_reward(data)),
         ("labels", "AI preference labels", section_label(data)),
+        ("redteam", "Red-teaming", section_redteam(data)),
         ("accounting", "Time, tokens and money per stage", section_accounting(data)),
         ("traces", "Critique-revision traces (SL-CAI)", section_traces(data)),
     ]

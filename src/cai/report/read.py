@@ -116,7 +116,8 @@ def load_run(run_dir: str | Path, *, max_traces: int = DEFAULT_MAX_TRACES) -> di
         manifest = r.json(f"{s}/manifest.json")
         status = "complete" if manifest is not None else ("unfinished" if d.is_dir() else "not run")
         stages[s] = {"status": status, "manifest": manifest or {}, "model": r.typed(s, manifest)}
-    if all(st["status"] == "not run" for st in stages.values()) and not (run / "pipeline.json").exists():
+    if (all(st["status"] == "not run" for st in stages.values()) and not (run / "pipeline.json").exists()
+            and not (run / "redteam").is_dir()):  # a run may hold only `cai redteam` (not a pipeline stage)
         raise UserInputError(f"'{run}' is not a run folder: it holds none of the stage folders ({', '.join(STAGES)}).",
                              fix="pass a run folder such as runs/demo, made by `cai revise`, `cai pipeline` or another stage.")
     data: dict[str, Any] = {"run_dir": str(run), "run": run.resolve().name, "stages": stages, "problems": r.problems}
