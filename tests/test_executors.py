@@ -264,3 +264,51 @@ def test_ray_executor_labels_equal_the_local_labels(ray_session, server, tmp_pat
         assert out["ray"]["model"]["backend"] == "ray" and out["ray"]["model"]["throughput"]["jobs"] >= 1
     finally:
         server.top_logprobs = None
+
+
+# ------------------------------------------------------------------------------------------- training launch
+def test_accelerate_configs_resolve_to_the_ones_trl_ships(tmp_path):
+    from cai.train import accelerate_launch as acc
+
+    for name, marker in (("zero2", "zero_stage: 2"), ("zero3", "zero_stage: 3"), ("fsdp2", "fsdp_version: 2")):
+        path = acc.resolve_config(name)
+        assert path.parent.name == "accelerate_configs" and path.parent.parent.name == "trl"
+        assert marker in path.read_text()
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("distributed_type: MULTI_GPU\n")
+    assert acc.resolve_config(str(mine)) == mine
+    with pytest.raises(ConfigError) as e:
+        acc.resolve_config("zero9")
+    assert "zero2" in e.value.fix and "accelerate YAML" in e.value.fix
+    assert acc.launch_args(["num_processes=8", "--machine-rank=1"]) == ["--num_processes", "8", "--machine_rank", "1"]
+    with pytest.raises(ConfigError, match="NAME=VALUE"):
+        acc.launch_args(["num_processes"])
+
+
+def test_training_commands_launch_through_accelerate(runner, tmp_path, monkeypatch):
+    from cai.cli.main import app
+    from cai.train import accelerate_launch as acc
+
+    calls = []
+    monkeypatch.setattr(acc.subprocess, "call", lambda cmd: calls.append(cmd) or 0)
+    r = runner.invoke(app, ["sft", "--accelerate-config", "zero2", "--accelerate-arg", "num_processes=2",
+                            "--run", "r1", "--runs-dir", str(tmp_path), "--max-steps", "3", "--no-lora",
+                            "--set", "seed=4"])
+    assert r.exit_code == 0, r.output
+    (cmd,) = calls
+    i = cmd.index("-m", 3)
+    assert cmd[1:3] == ["-m", "accelerate.commands.launch"] and cmd[cmd.index("--config_file") + 1].endswith("zero2.yaml")
+    assert cmd[cmd.index("--num_processes") + 1] == "2" and cmd[i + 1: i + 3] == ["cai.train.accelerate_launch", "sft"]
+    stage_args = cmd[i + 3:]
+    assert "--accelerate-config" not in stage_args and "--accelerate-arg" not in stage_args
+    for pair in (["--run", "r1"], ["--runs-dir", str(tmp_path)], ["--max-steps", "3"], ["--set", "seed=4"]):
+        j = stage_args.index(pair[0])
+        assert stage_args[j: j + 2] == pair
+    assert "--no-lora" in stage_args
+    # an unfinished stage is not resumed by several processes
+    (tmp_path / "r1" / "sft").mkdir(parents=True)
+    (tmp_path / "r1" / "sft" / "config.json").write_text("{}")
+    r = runner.invoke(app, ["sft", "--accelerate-config", "zero2", "--run", "r1", "--runs-dir", str(tmp_path)])
+    assert r.exit_code == 2 and "cannot resume" in r.output and len(calls) == 1
+    r = runner.invoke(app, ["dpo", "--accelerate-arg", "num_processes=2"])
+    assert r.exit_code == 2 and "without --accelerate-config" in r.output

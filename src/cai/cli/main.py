@@ -20,9 +20,12 @@ class CaiGroup(TyperGroup):
 
     def __init__(self, **attrs):
         super().__init__(**attrs)
+        from cai import registry
         from cai.cli import eval_cmd, stage_cmd
+        from cai.train import accelerate_launch as acc
 
-        stage_cmd.register(self.commands, {"eval": (eval_cmd.PARAMS, eval_cmd.intercept)})
+        extras = {name: (acc.PARAMS, acc.intercept_for(name)) for name in registry.TRAINING_STAGES}  # --accelerate-config
+        stage_cmd.register(self.commands, {**extras, "eval": (eval_cmd.PARAMS, eval_cmd.intercept)})
 
     def list_commands(self, ctx) -> list[str]:
         from cai import registry
