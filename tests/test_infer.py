@@ -239,3 +239,22 @@ def test_cli_exit_2_and_located_message_for_a_bad_file(runner, tmp_path):
     res = runner.invoke(app, ["constitution", "infer", str(f), "--out", str(tmp_path / "o"), "--proposer", "fake", "--labeler", "fake"])
     assert res.exit_code == 2
     assert "prefs.csv:3: column 'preferred_text'" in res.output and "Traceback" not in res.output
+
+
+def test_cli_infer_prints_the_heldout_comparison(runner, tmp_path, monkeypatch):
+    import cai.embed
+    from cai.backends.registry import BackendPool
+    from cai.cli.main import app
+
+    backend = FakeBackend(fn=scripted_proposal, logprob_fn=scripted_logprob)
+    pool = BackendPool()
+    pool.put("fake", backend)
+    monkeypatch.setattr("cai.constitution.infer.run.BackendPool", lambda: pool)
+    monkeypatch.setattr(cai.embed, "embed", bag_of_words)
+    res = runner.invoke(app, ["constitution", "infer", "synthetic", "--out", str(tmp_path / "o"), "--model", "fake",
+                              "--synthetic-pairs", "36", "--set", "propose_pairs=18"])
+    assert res.exit_code == 0, res.output
+    assert "with the constitution" in res.output and "with no constitution" in res.output and "chance" in res.output
+    assert (tmp_path / "o" / "input.jsonl").read_text().count("\n") == 36
+    assert json.loads((tmp_path / "o" / "settings.json").read_text())["propose_pairs"] == 18
+    load_constitution(tmp_path / "o" / "constitution.yaml")
