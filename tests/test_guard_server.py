@@ -196,7 +196,8 @@ def test_server_config_needs_a_policy_and_a_key_source():
 
 # --- through the openai client ------------------------------------------------------------------------------------
 def test_chat_passes_a_clean_answer_with_guardrails(env):
-    raw = client(env).chat.completions.with_raw_response.create(model="main", messages=ask("How do I boil an egg?"))
+    raw = client(env).chat.completions.with_raw_response.create(model="main", messages=ask("How do I boil an egg?"),
+                                                                temperature=0.3)
     resp = raw.parse()
     assert resp.choices[0].message.content == "Answer: How do I boil an egg?"
     assert resp.choices[0].finish_reason == "stop"
@@ -204,6 +205,7 @@ def test_chat_passes_a_clean_answer_with_guardrails(env):
     assert g["action"] == "pass" and g["policy_id"] == "main" and len(g["policy_hash"]) == 16
     assert {v["principle_id"] for v in g["verdicts"]} == set(PRINCIPLES) and g["flagged"] == []
     assert {"generate", "check", "guard", "total"} <= set(g["latency_ms"]) and g["stream_mode"] is None
+    assert g["not_applied"] == {"temperature": "the policy's generation settings apply"}  # said, not dropped silently
     assert raw.headers["x-request-id"] == resp.id
     rec = audit_by_id(env)[resp.id]
     assert len(rec) == 1 and rec[0]["status"] == 200 and rec[0]["key_id"] == "alice"
@@ -410,3 +412,93 @@ def test_every_request_in_the_audit_log_exactly_once(env):
     assert len(ids) == 25 and set(ids) == new
     assert all(len(recs[i]) == 1 for i in ids)
     assert sorted({recs[i][0]["status"] for i in ids}) == [200, 401, 413, 502]
+
+
+@pytest.mark.realmodel
+def test_embedded_model_behind_the_server(tmp_path):
+    """One request through the server to the embedded SmolLM2 as both answering model and checker."""
+    (tmp_path / "p.yaml").write_text("id: smoke\npolicy: embedded\nchecker: embedded\n"
+                                     "principles: [no-violence-uplift, answer-benign-requests]\nmax_new_tokens: 16\n")
+    append_key(tmp_path / "k.jsonl", new_record("smoke", ALICE))
+    cfg = GuardServerConfig(policies=[str(tmp_path / "p.yaml")], keys_file=str(tmp_path / "k.jsonl"), key_env=None,
+                            audit_path=str(tmp_path / "audit.jsonl"))
+    app, _ = build_app(cfg)
+    with BackgroundServer(app) as srv:
+        c = openai.OpenAI(base_url=srv.url + "/v1", api_key=ALICE, max_retries=0, timeout=300)
+        r = c.chat.completions.create(model="smoke", messages=[{"role": "user", "content": "Name a primary colour."}])
+    g = r.guardrails
+    assert r.choices[0].message.content.strip()
+    assert g["action"] in ("pass", "revised", "blocked", "flagged") and g["upstream"] == "embedded"
+    assert [v["principle_id"] for v in g["verdicts"]] == ["no-violence-uplift", "answer-benign-requests"]
+    assert all(v["method"] == "logprob" and 0.0 <= v["score"] <= 1.0 for v in g["verdicts"])
+    assert g["latency_ms"]["generate"] > 0 and g["latency_ms"]["check"] > 0
+    (rec,) = read_records(tmp_path / "audit.jsonl")
+    assert rec["request_id"] == r.id and rec["status"] == 200 and rec["upstream"] == "embedded"
+
+
+# --- the command line ---------------------------------------------------------------------------------------------
+def test_cli_keys_add_and_list(runner, tmp_path):
+    from cai.cli.main import app
+
+    f = tmp_path / "keys.jsonl"
+    r = runner.invoke(app, ["guard", "keys", "add", "--file", str(f), "--id", "carol", "--policy", "main"])
+    assert r.exit_code == 0, r.output
+    key = r.stdout.strip().splitlines()[-1]
+    assert key.startswith("cai-") and key not in f.read_text()
+    assert KeyStore(read_key_file(f)).lookup(key).policy == "main"
+    r = runner.invoke(app, ["guard", "keys", "add", "--file", str(f), "--id", "carol"])
+    assert r.exit_code == 2 and "already in" in r.output and "Traceback" not in r.output
+    r = runner.invoke(app, ["guard", "keys", "list", "--file", str(f)])
+    assert r.exit_code == 0 and "carol\tmain" in r.stdout
+
+
+def test_cli_check_one_conversation(runner, tmp_path):
+    from cai.cli.main import app
+
+    (tmp_path / "p.yaml").write_text("id: cli\npolicy: fake\nchecker: fake\nprinciples: [no-violence-uplift]\n")
+    conv = tmp_path / "conv.json"
+    conv.write_text(json.dumps({"messages": ask("hello"), "answer": "hi"}))
+    r = runner.invoke(app, ["guard", "check", str(conv), "--policy", str(tmp_path / "p.yaml")])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout)
+    assert res["policy_id"] == "cli" and [v["principle_id"] for v in res["verdicts"]] == ["no-violence-uplift"]
+    r = runner.invoke(app, ["guard", "check", str(conv), "--policy", str(tmp_path / "p.yaml"), "--apply"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["outcome"] in ("pass", "revised", "blocked", "flagged")
+    conv.write_text('[{"role": "user", "content": "hi"},\n oops]')
+    r = runner.invoke(app, ["guard", "check", str(conv), "--policy", str(tmp_path / "p.yaml")])
+    assert r.exit_code == 2 and "conv.json:2: not valid JSON" in r.output and "Traceback" not in r.output
+
+
+def test_cli_serve_starts_with_one_command(cai_exe, subprocess_env, tmp_path):
+    """`cai guard serve --policy FILE` with the key in CAI_GUARD_API_KEY: serves, audits, stops cleanly on Ctrl-C."""
+    import signal
+    import subprocess
+
+    (tmp_path / "p.yaml").write_text("id: cli\npolicy: fake\nchecker: fake\nprinciples: [no-violence-uplift]\n")
+    port = _free_port()
+    env = {**subprocess_env, "CAI_GUARD_API_KEY": ALICE}
+    proc = subprocess.Popen([str(cai_exe), "guard", "serve", "--policy", "p.yaml", "--port", str(port)], cwd=tmp_path,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.poll() is not None else "timeout"
+            time.sleep(0.2)
+        c = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=ALICE, max_retries=0)
+        r = c.chat.completions.create(model="cli", messages=ask("hello"))
+        assert r.guardrails["policy_id"] == "cli"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        output = proc.communicate(timeout=30)[0]
+    assert proc.returncode == 0, output
+    (rec,) = read_records(tmp_path / "guard-audit.jsonl")
+    assert rec["request_id"] == r.id and rec["key_id"] == "env"
+    assert "POST /v1/chat/completions" in output and ALICE not in output
+    bad = subprocess.run([str(cai_exe), "guard", "serve", "--policy", "missing.yaml"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "missing.yaml does not exist" in bad.stderr and "Traceback" not in bad.stderr

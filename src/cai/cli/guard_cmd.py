@@ -149,4 +149,4 @@ def keys_list(file: str = typer.Option(..., "--file", "-f", help="Key file")) ->
     from cai.guard.auth import read_key_file
 
     for r in read_key_file(file):
-        out.print(f"{r.id}\t{r.policy or '-'}", markup=False, highlight=False)
+        typer.echo(f"{r.id}\t{r.policy or '-'}")

@@ -24,6 +24,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from cai.errors import UserInputError
 from cai.guard.audit import AuditLog
 from cai.guard.auth import KeyStore, bearer_key
 from cai.guard.metrics import GuardMetrics
@@ -33,6 +34,8 @@ from cai.guard.types import CheckResult, GuardResult
 log = logging.getLogger("cai.guard.server")
 
 POLICY_HEADER = "x-guard-policy"
+#: Request fields the server acts on; any other field given is listed in ``guardrails.not_applied``.
+HANDLED_FIELDS = {"model", "messages", "stream", "n", "guardrails", "user", "max_tokens", "max_completion_tokens"}
 _STRENGTH = {"block": 3, "revise": 2, "flag": 1}
 
 
@@ -130,6 +133,7 @@ class _Ctx:
             "status": 500,
         }
         self.latency: dict[str, float] = {}
+        self.not_applied: dict[str, str] = {}
 
     @property
     def id(self) -> str:
@@ -226,6 +230,9 @@ def create_app(service: GuardService, *, keys: KeyStore | None, audit: AuditLog,
         except ApiError as e:
             ctx.record.update(status=e.status, error=e.message)
             return e.response(ctx.id)
+        except UserInputError as e:
+            ctx.record.update(status=400, error=e.message)
+            return ApiError(400, e.render()).response(ctx.id)
         except UpstreamError as e:
             metrics.upstream_errors.inc(e.kind)
             ctx.record.update(status=e.status, error=e.message, error_detail=e.detail)
@@ -279,6 +286,7 @@ def create_app(service: GuardService, *, keys: KeyStore | None, audit: AuditLog,
             "latency_ms": dict(ctx.latency),
             "stream_mode": stream_mode,
             "upstream": policy.upstream,
+            "not_applied": ctx.not_applied,
         }
 
     async def chat(request: Request, ctx: _Ctx) -> Any:
@@ -292,6 +300,11 @@ def create_app(service: GuardService, *, keys: KeyStore | None, audit: AuditLog,
         check_tokens(messages, max_tokens)
         ctx.record.update(stream=body.stream, **audit.content(messages=messages))
         generate_kwargs = {"max_new_tokens": max_tokens} if max_tokens and _accepts(policy.guard.generate, "max_new_tokens") else {}
+        given = set(body.model_fields_set) | set(body.model_extra or {})
+        not_applied = sorted(given - HANDLED_FIELDS)
+        if max_tokens and not generate_kwargs:
+            not_applied.append("max_tokens")
+        ctx.not_applied = {f: "the policy's generation settings apply" for f in not_applied}
 
         answer, gen_s = await service.run(lambda: policy.guard.generate(messages, **generate_kwargs), phase="generate")
         ctx.latency["generate"] = round(gen_s * 1000, 3)

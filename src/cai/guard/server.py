@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from cai.backends.base import Backend
 from cai.backends.spec import ModelSpec
-from cai.errors import CaiError, ConfigError, ModelError
+from cai.errors import CaiError, ConfigError, ModelError, UserInputError
 from cai.redact import redact_text
 
 log = logging.getLogger("cai.guard.server")
@@ -240,6 +240,8 @@ class GuardService:
             if phase == "generate":
                 raise UpstreamError(504, "upstream model timed out",
                                     f"no answer within {self.config.request_timeout_s:g} s") from e
+            raise
+        except UserInputError:
             raise
         except (ModelError, OSError) as e:
             if phase == "generate":
