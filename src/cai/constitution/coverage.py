@@ -157,7 +157,7 @@ def probe_request(cat: TaxonomyCategory) -> Conversation:
 def clean_probe(text: str) -> str:
     """The first non-empty line, without quotes or a 'Request:' label, at most 300 characters."""
     line = next((x for x in text.strip().splitlines() if x.strip()), "")
-    line = re.sub(r"^\s*(request|user|prompt)\s*:\s*", "", line, flags=re.IGNORECASE)
+    line = re.sub(r"^\s*(request|user|prompt)\s*:\s*", "", _QUOTES.sub("", line), flags=re.IGNORECASE)
     return _QUOTES.sub("", line)[:300]
 
 
