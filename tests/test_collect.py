@@ -72,6 +72,7 @@ def test_filters_are_applied_and_logged(fixtures):
 def test_polis_fixture_end_to_end(tmp_path, fixtures):
     r = run_collect(CollectConfig(input=str(fixtures / "polis"), out=str(tmp_path / "o"), stability_seeds=2))
     assert r["groups"]["k"] == 2 and sorted(r["groups"]["sizes"]) == [7, 7]
+    assert r["groups"]["stability"]["export_groups"] == {"participants": 14, "adjusted_rand": 1.0}  # the export's group-id
     kept = {x["id"] for x in r["consensus"] if x["kept"]}
     assert {"0", "3", "6"} <= kept and not {"1", "2", "4", "7"} & kept
     load_constitution(tmp_path / "o" / "constitution.yaml")

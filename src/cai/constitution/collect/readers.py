@@ -41,7 +41,8 @@ class VoteData:
     statements: list[Statement]
     participants: list[str]
     votes: np.ndarray
-    notes: list[str] = field(default_factory=list)
+    #: The export's own opinion group of each participant (Polis' group-id column), where it has one.
+    export_groups: dict[str, str] = field(default_factory=dict)
 
     @property
     def n_votes(self) -> int:
@@ -118,7 +119,7 @@ def _votes_long(table: Table, who: str, what: str, statements: list[Statement], 
     return [(p, s, v) for (p, s), (_, _, v) in latest.items()]
 
 
-def _participants_wide(table: Table, statements: list[Statement]) -> tuple[list[str], np.ndarray]:
+def _participants_wide(table: Table, statements: list[Statement]) -> tuple[list[str], np.ndarray, dict[str, str]]:
     table.need("participant", fix="Polis' participants-votes.csv starts with the column 'participant'.")
     ids = {s.id for s in statements}
     meta = {"participant", "group-id", "n-comments", "n-votes", "n-agree", "n-disagree"}
@@ -127,13 +128,16 @@ def _participants_wide(table: Table, statements: list[Statement]) -> tuple[list[
     if unknown:
         raise UserInputError(f"{table.path}:1: column {unknown[0]!r} is not a comment id of comments.csv.",
                              fix="the columns after n-disagree must be comment ids that comments.csv lists.")
-    triples = []
+    triples, groups = [], {}
     for row in table.rows:
         p = row.cells["participant"].strip()
+        if row.cells.get("group-id", "").strip():
+            groups[p] = row.cells["group-id"].strip()
         for c in cols:
             if row.cells[c].strip() != "":
                 triples.append((p, c, _vote(table, row, c)))
-    return _matrix(statements, triples)
+    people, m = _matrix(statements, triples)
+    return people, m, groups
 
 
 def read_votes(folder: str | Path) -> VoteData:
@@ -150,8 +154,8 @@ def read_votes(folder: str | Path) -> VoteData:
         statements = _statements(ct, "comment-id", "comment-body", "moderated")
         if (folder / "participants-votes.csv").is_file():
             pt = read_table(folder / "participants-votes.csv", what="Polis participants-votes.csv")
-            people, m = _participants_wide(pt, statements)
-            return VoteData(f"Polis export {folder} (participants-votes.csv)", statements, people, m)
+            people, m, groups = _participants_wide(pt, statements)
+            return VoteData(f"Polis export {folder} (participants-votes.csv)", statements, people, m, groups)
         if (folder / "votes.csv").is_file():
             vt = read_table(folder / "votes.csv", what="Polis votes.csv")
             vt.need("comment-id", "voter-id", "vote", fix="Polis' votes.csv has the columns timestamp, datetime, comment-id, voter-id, vote.")

@@ -19,6 +19,10 @@ def render_markdown(r: dict) -> str:
     if st.get("seeds"):
         lines.append(f"Stability over {st['seeds']} other seeds: same k {st['same_k']}/{st['seeds']}, adjusted Rand index "
                      f"mean {st['adjusted_rand_mean']:.3f}, min {st['adjusted_rand_min']:.3f}.")
+    if st.get("export_groups"):
+        e = st["export_groups"]
+        lines.append(f"Match with the export's own groups (group-id, {e['participants']} participants): adjusted Rand index "
+                     f"{e['adjusted_rand']:.3f}.")
     lines += ["", f"## Consensus ({r['rule']} rule, threshold {r['threshold']}): {r['kept']} statement(s) kept", "",
               "Per-group columns are agrees/votes (votes include passes).", "",
               "| rank | id | statement | group-aware consensus | geometric mean | agrees/votes per group | kept |", "|---|---|---|---|---|---|---|"]

@@ -17,7 +17,7 @@ from cai.backends.spec import ModelSpec
 from cai.constitution.collect.config import CollectConfig
 from cai.constitution.collect.consensus import StatementStats, statement_stats, threshold_curve
 from cai.constitution.collect.draft import rewrite
-from cai.constitution.collect.groups import find_groups
+from cai.constitution.collect.groups import adjusted_rand, find_groups
 from cai.constitution.collect.readers import VoteData, read_votes
 from cai.constitution.collect.report import render_markdown
 from cai.constitution.collect.synthetic import make_votes, write_plain
@@ -49,7 +49,7 @@ def apply_filters(data: VoteData, cfg: CollectConfig) -> tuple[VoteData, list[st
     log.append(f"dropped {int((~keep_s2).sum())} statement(s) with fewer than {cfg.min_votes_per_statement} votes")
     votes = votes[:, keep_s2]
     statements = [s for s, k in zip(statements, keep_s2) if k]
-    out = VoteData(data.source, statements, people, votes)
+    out = VoteData(data.source, statements, people, votes, data.export_groups)
     log.append(f"kept {len(people)} participants, {len(statements)} statements, {out.n_votes} votes")
     return out, log
 
@@ -94,6 +94,10 @@ def run_collect(cfg: CollectConfig, *, rewriter: Backend | None = None, pool: Ba
                     stability_seeds=cfg.stability_seeds, components=cfg.components)
     log(f"{g.k} opinion group(s), sizes {g.sizes}; silhouette by k: "
         + ", ".join(f"{k}: {v:.3f}" for k, v in g.silhouette_by_k.items()))
+    both = [i for i, p in enumerate(data.participants) if p in data.export_groups]
+    if len(both) >= 2:  # how well our groups match the ones the export itself reports
+        g.stability["export_groups"] = {"participants": len(both), "adjusted_rand": adjusted_rand(
+            np.array([data.export_groups[data.participants[i]] for i in both]), g.labels[both])}
     stats = statement_stats(data.votes, g.labels, g.k)
     rows = sorted((_row(data, s, cfg) for s in stats), key=lambda r: (-r["gac"], r["id"]))
     divisive = sorted(rows, key=lambda r: (-r["divisiveness"], r["id"]))[: cfg.top]
