@@ -66,11 +66,14 @@ class CallCache:
 class CachedModel:
     """A backend whose generations and two-option scores go through a :class:`CallCache`."""
 
-    def __init__(self, backend: Backend, label: str, cache: CallCache, *, batch: int = 64):
+    def __init__(self, backend: Backend, label: str, cache: CallCache, *, batch: int = 64,
+                 log: Callable[[str], None] | None = None, role: str = "model"):
         self.backend = backend
         self.label = label
         self.cache = cache
         self.batch = batch
+        self.log = log
+        self.role = role
 
     def generate(self, conversations: Sequence[Conversation], params: GenParams, seeds: Sequence[int]) -> list[str | None]:
         """One text per conversation (``None`` for a failed row); request ``i`` is sampled with ``seeds[i]``."""
@@ -113,3 +116,5 @@ class CachedModel:
             part = todo[start:start + self.batch]
             values = compute(part)
             self.cache.put_many([(keys[i], v) for i, v in zip(part, values)])
+            if self.log:
+                self.log(f"{self.role}: {start + len(part)}/{len(todo)} new requests done")
