@@ -225,3 +225,60 @@ def test_pipeline_section_accepts_reward_constitution(tmp_path):
                             planned=["sft", "rl"])
     cfg = RLStageConfig.model_validate(section)
     assert cfg.reward == "constitution" and cfg.labeler.model == "embedded"
+
+
+# --- real model: two GRPO (and, in the slow suite, PPO) steps rated by the embedded labeler -------------------------
+def _direct_cfg(algorithm: str):
+    from cai.stages.rl import RLStageConfig
+
+    return RLStageConfig(reward="constitution", algorithm=algorithm, limit=2, helpful_limit=0, batch_size=2,
+                         num_generations=2, max_completion_length=16 if algorithm == "grpo" else 12, max_steps=2,
+                         save_steps=1, learning_rate=1e-3, warmup_ratio=0.0, seed=1)
+
+
+def _check_direct_run(m: dict, stage) -> None:
+    from cai.train.logs import read_metrics
+
+    rows = [r for r in read_metrics(stage / "metrics.jsonl") if "reward" in r]
+    assert [r["step"] for r in rows] == [1, 2]
+    for r in rows:
+        assert 0.0 <= r["reward"] <= 1.0 and r["labeler/calls"] == 1.0 and r["labeler/requests"] == 4.0
+        assert r["labeler/seconds"] > 0 and 0 < r["labeler/rating_mass"] <= 1.0  # the labeler put mass on digits
+        for key in ("kl", "completions/mean_length", "refusal_rate", "repeat_3gram_share", "labeler/abstained"):
+            assert isinstance(r.get(key), (int, float)), key
+    samples = [json.loads(line) for line in (stage / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 8 and all(len(s["ratings"]) == 1 and 1.0 <= s["ratings"][0] <= 9.0 for s in samples)
+    assert all(s["reward"] == pytest.approx((s["ratings"][0] - 1) / 8, abs=1e-3) for s in samples)
+    rw = m["reward"]
+    assert rw["source"] == "constitution" and m["reward_model"] is None
+    assert rw["labeler_totals_this_session"]["calls"] == 2 and rw["labeler_totals_this_session"]["requests"] == 8
+    assert rw["labeler_per_step"]["calls"] == 1.0 and rw["abstention_rate"] == 0.0
+    assert m["rl"]["metrics"]["labeler/seconds"]["last"] > 0
+
+
+@pytest.mark.realmodel
+def test_grpo_two_steps_with_the_constitution_as_reward(tmp_path):
+    import torch
+
+    from cai.cli.summaries import rl as print_rl
+    from cai.manifests import load_manifest
+    from cai.stages.rl import run_rl
+
+    torch.set_num_threads(1)
+    m = run_rl(_direct_cfg("grpo"), tmp_path / "run", progress=False)
+    stage = tmp_path / "run" / "rl"
+    _check_direct_run(m, stage)
+    assert (stage / "model" / "config.json").exists()
+    print_rl(stage, load_manifest("rl", stage))  # the summary reads the reward section
+
+
+@pytest.mark.realmodel
+@pytest.mark.slow
+def test_ppo_two_steps_with_the_constitution_as_reward(tmp_path):
+    import torch
+
+    from cai.stages.rl import run_rl
+
+    torch.set_num_threads(1)
+    m = run_rl(_direct_cfg("ppo"), tmp_path / "run", progress=False)
+    _check_direct_run(m, tmp_path / "run" / "rl")
