@@ -282,3 +282,41 @@ def test_ppo_two_steps_with_the_constitution_as_reward(tmp_path):
     torch.set_num_threads(1)
     m = run_rl(_direct_cfg("ppo"), tmp_path / "run", progress=False)
     _check_direct_run(m, tmp_path / "run" / "rl")
+
+
+# --- the report's comparison of routes ------------------------------------------------------------------------------
+def _manifest(path, body: dict) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "manifest.json").write_text(json.dumps(body))
+    (path / "model").mkdir(exist_ok=True)
+
+
+def test_report_compares_reward_model_direct_and_preference_only_routes(tmp_path):
+    from cai.report.routes import route_rows, section_routes, summary_lines
+
+    rm, direct = tmp_path / "rm", tmp_path / "direct"
+    _manifest(rm / "rl", {"algorithm": "grpo", "reward": {"source": "model"}, "training": {"seconds_this_session": 60.0}})
+    _manifest(rm / "pairs", {"timing": {"seconds_this_session": 10.0}})
+    _manifest(rm / "label", {"timing": {"seconds_this_session": 20.0}, "accounting": {"labeler": {"calls": 3}},
+                             "tokens": {"backend_stats": {"requests": 48}}})
+    _manifest(rm / "reward", {"training": {"seconds_this_session": 30.0}})
+    _manifest(rm / "dpo", {"training": {"seconds_this_session": 40.0}})
+    _manifest(direct / "rl", {"algorithm": "grpo", "training": {"seconds_this_session": 90.0},
+                              "reward": {"source": "constitution",
+                                         "labeler_totals_this_session": {"calls": 4, "requests": 32}}})
+    fig = {"value": 0.25, "ci95": [0.1, 0.5], "n": 8}
+    models = {"sl": str(rm / "sft" / "model"), "rl-rm": {"model": str(rm / "rl" / "model")},
+              "rl-direct": {"model": str(direct / "rl" / "model")}, "dpo": {"model": str(rm / "dpo" / "model")}}
+    data = {"eval": {"models": {k: {"harmful_compliance": fig, "over_refusal_benign": fig} for k in models}},
+            "stages": {"eval": {"manifest": {"models": models}}}}
+    rows = {r["model"]: r for r in route_rows(data)}
+    assert rows["rl-rm"]["route"] == "reward model (grpo)" and rows["rl-rm"]["seconds"] == 120.0
+    assert (rows["rl-rm"]["calls"], rows["rl-rm"]["questions"]) == (3, 48)
+    assert rows["rl-direct"]["route"] == "direct RLAIF (grpo)" and rows["rl-direct"]["seconds"] == 90.0
+    assert (rows["rl-direct"]["calls"], rows["rl-direct"]["questions"]) == (4, 32)
+    assert rows["dpo"]["route"] == "preference only (dpo)" and rows["dpo"]["seconds"] == 70.0
+    assert rows["sl"]["route"] == "base / other" and rows["sl"]["seconds"] is None  # no manifest there
+    md = "\n".join(summary_lines(data))
+    assert "| rl-direct | direct RLAIF (grpo) | 25.0% [10.0, 50.0] n=8 |" in md and "4 / 32" in md
+    assert "<table" in section_routes(data) and "&lt;" not in section_routes(data)
+    assert summary_lines({"eval": None, "stages": {}}) == []

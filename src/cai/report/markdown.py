@@ -9,6 +9,7 @@ from cai.report.figures import flip, fmt_fig, is_num, label_figures, wilson_fig
 from cai.report.html_eval import EVAL_COLS
 from cai.report.read import CURVES, STAGES, TRAIN_STAGES, accounting_rows, curve_series, run_constitution
 from cai.report.redteam import summary_lines
+from cai.report import routes
 
 
 def _md(text: Any) -> str:
@@ -52,6 +53,7 @@ def render_summary(data: dict, generated: str | None = None) -> str:
             lines.append("")
     else:
         lines += ["not run", ""]
+    lines += routes.summary_lines(data)
     lines += ["## Judges", ""]
     if data.get("judges"):
         lines += ["| judge | decides | measured (held-out split) |", "|---|---|---|"]

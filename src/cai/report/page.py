@@ -6,6 +6,7 @@ import datetime as _dt
 
 from cai.report.html_eval import section_eval, section_header, section_judges
 from cai.report.redteam import section_redteam
+from cai.report.routes import section_routes
 from cai.report.html_stages import (
     section_accounting,
     section_label,
@@ -76,6 +77,7 @@ def render_html(data: dict, generated: str | None = None) -> str:
     generated = generated or _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     sections = [
         ("eval", "Harmlessness vs helpfulness", section_eval(data)),
+        ("routes", "RL-CAI routes compared", section_routes(data)),
         ("judges", "Judges and their measured accuracy", section_judges(data)),
         ("training", "Training curves", section_training(data)),
         ("reward", "Reward model evaluation", section_reward(data)),
