@@ -320,3 +320,24 @@ def test_report_compares_reward_model_direct_and_preference_only_routes(tmp_path
     assert "| rl-direct | direct RLAIF (grpo) | 25.0% [10.0, 50.0] n=8 |" in md and "4 / 32" in md
     assert "<table" in section_routes(data) and "&lt;" not in section_routes(data)
     assert summary_lines({"eval": None, "stages": {}}) == []
+
+
+def test_the_direct_rlaif_pipeline_config_is_valid(tmp_path):
+    from pathlib import Path
+
+    from cai import registry
+    from cai.config import build_config
+    from cai.errors import CaiError
+    from cai.pipeline import load_pipeline_config
+    from cai.stages.rl import RLStageConfig
+
+    path = str(Path(__file__).parents[1] / "configs" / "direct-rlaif-pipeline.yaml")
+    cfg = load_pipeline_config(path)
+    assert "reward" not in cfg.stages and "label" not in cfg.stages and "rl" in cfg.stages
+    section = registry.wire("rl", cfg.rl, tmp_path / cfg.run, base=cfg.base_model.model_dump(mode="json"),
+                            planned=cfg.stages)
+    rl = build_config(RLStageConfig, section, source="rl")
+    assert rl.reward == "constitution" and rl.labeler.dtype == "bfloat16"  # the labeler runs like the base model
+    with pytest.raises(CaiError, match="reward"):
+        build_config(RLStageConfig, {**section, "reward": "labeler"}, source="rl")
+    assert load_pipeline_config(path, ["rl.ensemble=3"]).rl["ensemble"] == 3
