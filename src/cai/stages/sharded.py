@@ -39,6 +39,10 @@ What :func:`run_sharded` guarantees, in order:
    ``finish(result)`` writes the stage's outputs (:meth:`StageDir.write_output`) and returns the manifest body, which
    :meth:`StageDir.finish` writes last, once it is checked against the stage's typed model
    (:func:`cai.manifests.load_manifest`) where there is one.
+
+Executors: where ``work``'s model calls run is decided by the backends ``load()`` returns, not here. Under
+``executor: {kind: ray}`` (:mod:`cai.executors`) a stage's pool hands out backends that run each call as a Ray Data
+job; the shards, seeds, resume, shard writes and manifest above are the same on either executor.
 """
 
 from __future__ import annotations
