@@ -161,6 +161,8 @@ def test_clean_clause_and_principle_templates():
     assert clean_clause(" is shorter. It is also nicer") == "is shorter"
     assert clean_clause("Choose the response that avoids lists!") == "avoids lists"
     assert clean_clause("...") == ""
+    assert clean_clause("is the one that is the one that is the one that is the one that") == ""  # a loop
+    assert clean_clause("is the one that is shorter.") == "is shorter"
     p = make_principle("short", "is shorter")
     assert p.preference_question == "Which of these responses is shorter?"
     assert "Choose the response that is shorter." in p.critique_request and "Rewrite" in p.revision_request

@@ -10,11 +10,12 @@ from __future__ import annotations
 import re
 
 from cai.constitution.schema import Principle
+from cai.textmetrics import loop_share
 
 LEAD = "Choose the response that"
 _LEADS = (
     "choose the response that", "select the response that", "prefer the response that", "the better response is the one that",
-    "the preferred response is the one that", "the response that", "a response that", "the one that", "one that", "that",
+    "the preferred response is the one that", "is the one that", "the response that", "a response that", "the one that", "one that", "that",
 )
 _SPACE = re.compile(r"\s+")
 
@@ -23,6 +24,8 @@ def clean_clause(text: str, max_words: int = 30) -> str:
     """The verb phrase of a principle: leading "Choose the response that" and the like removed, one sentence,
     no trailing punctuation, at most ``max_words`` words; "" when nothing usable is left."""
     t = _SPACE.sub(" ", str(text)).strip().strip("\"'`*-•").strip()
+    if loop_share(t) > 0:  # a phrase repeated over and over is no principle
+        return ""
     low = t.lower()
     for lead in _LEADS:
         if low.startswith(lead + " "):
