@@ -154,3 +154,15 @@ def test_cli_collect_on_the_fixture_and_on_a_bad_folder(runner, tmp_path, fixtur
     assert "opinion groups" in res.output and "constitution:" in res.output
     res = runner.invoke(app, ["constitution", "collect", str(tmp_path / "nothing-here"), "--out", str(tmp_path / "o2")])
     assert res.exit_code == 2 and "not a folder" in res.output and "Traceback" not in res.output
+
+
+@pytest.mark.slow
+@pytest.mark.realmodel
+def test_embedded_model_rewrites_statements(tmp_path, fixtures):
+    cfg = CollectConfig(input=str(fixtures / "polis"), out=str(tmp_path / "o"), rewrite="model", stability_seeds=0,
+                        max_principles=3)
+    r = run_collect(cfg)
+    const = load_constitution(tmp_path / "o" / "constitution.yaml")
+    assert len(const.principles) == 3
+    for p in r["principles"]:
+        assert p["principle"].startswith("Choose the response that ") and p["wording"] in ("model", "verbatim")

@@ -260,3 +260,22 @@ def test_cli_infer_prints_the_heldout_comparison(runner, tmp_path, monkeypatch):
     assert (tmp_path / "o" / "input.jsonl").read_text().count("\n") == 36
     assert json.loads((tmp_path / "o" / "settings.json").read_text())["propose_pairs"] == 18
     load_constitution(tmp_path / "o" / "constitution.yaml")
+
+
+@pytest.mark.slow
+@pytest.mark.realmodel
+def test_embedded_model_end_to_end_on_a_small_synthetic_set(tmp_path):
+    """The embedded model as proposer and labeler on 12 synthetic pairs: either a valid constitution with a held-out
+    comparison, or a clear error when no candidate survives (the model is weak); both leave a report."""
+    from cai.errors import ModelError
+
+    cfg = InferConfig(input="synthetic", out=str(tmp_path / "o"), synthetic_pairs=12, max_candidates=2, propose_pairs=6)
+    try:
+        r = run_infer(cfg)
+    except ModelError as e:
+        assert "no candidate principle passed" in e.message and (tmp_path / "o" / "report.md").is_file()
+        return
+    assert r["heldout"]["n"] == 3 and r["heldout"]["constitution"]["ci95"] is not None
+    load_constitution(tmp_path / "o" / "constitution.yaml")
+    again = run_infer(cfg)  # resumes from the cache: no new model call
+    assert again["cache"]["misses"] == 0
