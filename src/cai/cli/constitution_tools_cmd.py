@@ -39,15 +39,15 @@ def _pct(x: float) -> str:
 @handle_errors
 def infer(
     input: str = typer.Argument(..., help="Preference pairs (ICAI CSV, TRL or HH-RLHF JSONL), or 'synthetic'."),
-    out_dir: Optional[str] = typer.Option(None, "--out", help="Output folder [default: runs/infer]."),
-    fmt: Optional[str] = typer.Option(None, "--format", help="auto, icai, trl or hh [default: auto]."),
-    proposer: Optional[str] = typer.Option(None, "--proposer", help="Model that proposes principles [default: embedded]."),
-    labeler: Optional[str] = typer.Option(None, "--labeler", help="Model that tests principles [default: embedded]."),
+    out_dir: Optional[str] = typer.Option(None, "--out", help="Output folder (default: runs/infer)."),
+    fmt: Optional[str] = typer.Option(None, "--format", help="auto, icai, trl or hh (default: auto)."),
+    proposer: Optional[str] = typer.Option(None, "--proposer", help="Model that proposes principles (default: embedded)."),
+    labeler: Optional[str] = typer.Option(None, "--labeler", help="Model that tests principles (default: embedded)."),
     model: Optional[str] = typer.Option(None, "--model", help="Model for both roles not given by --proposer/--labeler."),
-    synthetic_pairs: Optional[int] = typer.Option(None, "--synthetic-pairs", help="Pairs of the synthetic set [default: 48]."),
-    max_candidates: Optional[int] = typer.Option(None, "--max-candidates", help="Candidate principles tested [default: 10]."),
-    max_principles: Optional[int] = typer.Option(None, "--max-principles", help="Most principles kept [default: 5]."),
-    min_relevance: Optional[float] = typer.Option(None, "--min-relevance", help="Share of training pairs a principle must vote on [default: 0.1]."),
+    synthetic_pairs: Optional[int] = typer.Option(None, "--synthetic-pairs", help="Pairs of the synthetic set (default: 48)."),
+    max_candidates: Optional[int] = typer.Option(None, "--max-candidates", help="Candidate principles tested (default: 10)."),
+    max_principles: Optional[int] = typer.Option(None, "--max-principles", help="Most principles kept (default: 5)."),
+    min_relevance: Optional[float] = typer.Option(None, "--min-relevance", help="Share of training pairs a principle must vote on (default: 0.1)."),
     config: Optional[str] = typer.Option(None, "--config", "-c", help="YAML settings file (flat keys or an infer: section)."),
     sets: Optional[list[str]] = typer.Option(None, "--set", help=_SET, metavar="KEY=VALUE"),
 ) -> None:
@@ -84,12 +84,12 @@ def infer(
 @handle_errors
 def collect(
     input: str = typer.Argument(..., help="Folder of a Polis export or of statements.csv + votes.csv, or 'synthetic'."),
-    out_dir: Optional[str] = typer.Option(None, "--out", help="Output folder [default: runs/collect]."),
-    rule: Optional[str] = typer.Option(None, "--rule", help="gac (group-aware consensus) or threshold (per group) [default: gac]."),
-    threshold: Optional[float] = typer.Option(None, "--threshold", help="Agreement a kept statement needs [default: 0.6]."),
-    rewrite: Optional[str] = typer.Option(None, "--rewrite", help="verbatim (no model) or model [default: verbatim]."),
-    rewriter: Optional[str] = typer.Option(None, "--rewriter", help="Model that rewrites statements (--rewrite model) [default: embedded]."),
-    min_votes: Optional[int] = typer.Option(None, "--min-votes-per-participant", help="Drop participants with fewer votes [default: 7]."),
+    out_dir: Optional[str] = typer.Option(None, "--out", help="Output folder (default: runs/collect)."),
+    rule: Optional[str] = typer.Option(None, "--rule", help="gac (group-aware consensus) or threshold (per group) (default: gac)."),
+    threshold: Optional[float] = typer.Option(None, "--threshold", help="Agreement a kept statement needs (default: 0.6)."),
+    rewrite: Optional[str] = typer.Option(None, "--rewrite", help="verbatim (no model) or model (default: verbatim)."),
+    rewriter: Optional[str] = typer.Option(None, "--rewriter", help="Model that rewrites statements (--rewrite model) (default: embedded)."),
+    min_votes: Optional[int] = typer.Option(None, "--min-votes-per-participant", help="Drop participants with fewer votes (default: 7)."),
     config: Optional[str] = typer.Option(None, "--config", "-c", help="YAML settings file (flat keys or a collect: section)."),
     sets: Optional[list[str]] = typer.Option(None, "--set", help=_SET, metavar="KEY=VALUE"),
 ) -> None:
