@@ -343,6 +343,9 @@ def test_size_and_token_limits_413(env):
     r = httpx.post(env["url"] + "/v1/chat/completions", headers={"Authorization": f"Bearer {ALICE}"},
                    content=b'{"messages": "not a list"}')
     assert r.status_code == 400 and "messages" in r.json()["error"]["message"]
+    r = httpx.post(env["url"] + "/v1/chat/completions", headers={"Authorization": f"Bearer {ALICE}"},
+                   content=b"[" * 2000 + b"]" * 2000)
+    assert r.status_code == 400 and "nested too deeply" in r.json()["error"]["message"]
 
 
 def test_check_only_endpoint(env):

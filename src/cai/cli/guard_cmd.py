@@ -61,7 +61,11 @@ def serve(
     config: Optional[str] = typer.Option(None, "--config", help="YAML file of server settings (flags override it)"),
 ) -> None:
     """Serve guarded models: POST /v1/chat/completions (streaming too), /v1/guard/check, GET /v1/models, /healthz, /metrics."""
+    import os
+
     from cai.guard.server import serve as run_server
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # no "Loading weights" bars in the server log
 
     cfg = _server_config(config, {
         "policies": policy or [], "host": host, "port": port, "keys_file": keys, "key_env": key_env, "no_auth": no_auth,

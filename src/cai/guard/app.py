@@ -107,6 +107,8 @@ def _parse(model: type[BaseModel], raw: bytes) -> Any:
         data = json.loads(raw)
     except ValueError as e:
         raise ApiError(400, f"request body is not JSON ({e})") from None
+    except RecursionError:
+        raise ApiError(400, "request body is nested too deeply") from None
     try:
         return model.model_validate(data)
     except ValidationError as e:

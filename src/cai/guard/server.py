@@ -321,5 +321,5 @@ def serve(config: GuardServerConfig) -> None:
     if config.no_auth:
         log.warning("--no-auth: every request is accepted without an API key")
     for p in service.policies.values():
-        log.warning("policy %s (hash %s, upstream %s, %s) from %s", p.id, p.hash, p.upstream, p.fail_mode, p.source)
+        log.info("policy %s (hash %s, upstream %s, %s) from %s", p.id, p.hash, p.upstream, p.fail_mode, p.source)
     uvicorn.run(app, host=config.host, port=config.port, log_level="info", access_log=True)
