@@ -312,3 +312,20 @@ def test_training_commands_launch_through_accelerate(runner, tmp_path, monkeypat
     assert r.exit_code == 2 and "cannot resume" in r.output and len(calls) == 1
     r = runner.invoke(app, ["dpo", "--accelerate-arg", "num_processes=2"])
     assert r.exit_code == 2 and "without --accelerate-config" in r.output
+
+
+@pytest.mark.slow
+def test_ray_executor_revises_like_the_local_executor(ray_session, server, tmp_path):
+    """revise: answers, then critique and revision rounds (a model call each) give the same rows and counts."""
+    spec = f"openai:stub-model@{server.base_url}"
+    out = {}
+    for kind in ("local", "ray"):
+        cls = registry.get("revise").config_class()
+        cfg = build_config(cls, {"limit": 3, "helpful_limit": 1, "rounds": 2, "shard_size": 4, "temperature": 0.7,
+                                 "policy": spec, "critic": spec, "reviser": spec,
+                                 "executor": {"kind": kind, "engine": "http"}})
+        out[kind] = registry.call("revise", cfg, tmp_path / kind)
+    for name in ("data.jsonl", "sft.jsonl", "preference.jsonl", "helpful.jsonl"):
+        assert (tmp_path / "ray" / "revise" / name).read_text() == (tmp_path / "local" / "revise" / name).read_text()
+    assert out["ray"]["counts"] == out["local"]["counts"] and out["ray"]["counts"]["rounds_run"] == 6
+    assert {m["backend"] for m in out["ray"]["models"].values()} == {"ray"}
