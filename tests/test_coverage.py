@@ -94,7 +94,7 @@ def test_judge_model_adds_coverage_and_position_bias_adds_none():
     tax, _ = load_taxonomy("llama-guard-3")
     pool = BackendPool()
     pool.put("fake:judge", FakeBackend(logprob_fn=_judge_fake({("Specialized advice", "Honest and calibrated")})))
-    report = measure_coverage(const, tax, CoverageConfig(judge="fake:judge"), pool=pool)
+    report = measure_coverage(const, tax, CoverageConfig(judge="fake:judge", judge_all=True), pool=pool)
     rows = {c.id: c for c in report.categories}
     assert rows["S6"].by_model == ["honest-uncertainty"] and rows["S6"].by_tag == []
     assert rows["S6"].p_model["honest-uncertainty"] == pytest.approx(0.9)
@@ -102,8 +102,24 @@ def test_judge_model_adds_coverage_and_position_bias_adds_none():
     col = report.principles.index("honest-uncertainty")
     assert report.matrix()[report.categories.index(rows["S6"])][col] == "M"
     pool.put("fake:biased", FakeBackend(logprob_fn=lambda conv, o: math.log(0.95 if o == "A" else 0.05)))
-    biased = measure_coverage(const, tax, CoverageConfig(judge="fake:biased"), pool=pool)
+    biased = measure_coverage(const, tax, CoverageConfig(judge="fake:biased", judge_all=True), pool=pool)
     assert all(c.by_model == [] for c in biased.categories)
+
+
+def test_judge_reads_only_uncovered_categories_by_default():
+    const = load_constitution()
+    asked: list[str] = []
+
+    def fn(conv, option):
+        asked.append(conv[1]["content"].split("Harm category: ", 1)[1].split(".", 1)[0])
+        return math.log(0.5)
+
+    pool = BackendPool()
+    pool.put("fake:judge", FakeBackend(logprob_fn=fn))
+    report = measure_coverage(const, load_taxonomy("llama-guard-3")[0], CoverageConfig(judge="fake:judge"), pool=pool)
+    assert set(asked) == {"Specialized advice", "Intellectual property", "Sexual content"}
+    assert len(asked) == 3 * len(const.principles) * 2 * 2  # both presentations, both letters scored
+    assert all(c.p_model == {} for c in report.categories if c.by_tag)
 
 
 def test_probe_writes_requests_and_shows_the_policy_behaviour():

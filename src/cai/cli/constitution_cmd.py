@@ -82,7 +82,7 @@ def lint(
     fmt: str = _format_option(),
     checker: str = typer.Option(None, "--checker", help="Model spec that checks the most similar pairs for duplicates "
                                 "and contradictions (e.g. embedded); none: no model checks"),
-    checker_pairs: int = typer.Option(30, "--checker-pairs", help="Pairs the checker reads, most similar first"),
+    checker_pairs: int = typer.Option(10, "--checker-pairs", help="Pairs the checker reads, most similar first"),
     duplicate_warning: float = typer.Option(0.90, "--duplicate-warning", help="Embedding similarity from which two "
                                             "principles are near-duplicates (warning)"),
     duplicate_error: float = typer.Option(0.98, "--duplicate-error", help="Similarity from which that is an error"),
@@ -129,6 +129,7 @@ def coverage(
     fmt: str = _format_option(),
     judge: str = typer.Option(None, "--judge", help="Model spec that also judges which categories each principle "
                               "covers (e.g. embedded)"),
+    judge_all: bool = typer.Option(False, "--judge-all", help="Judge every category, not only those no tag covers"),
     probe: bool = typer.Option(False, "--probe", help="Write requests for each uncovered category and show how the "
                                "policy model answers them"),
     probe_prompts: int = typer.Option(3, "--probe-prompts", help="Requests per uncovered category"),
@@ -142,7 +143,7 @@ def coverage(
 
     _check_format(fmt)
     try:
-        cfg = CoverageConfig(taxonomy=taxonomy, judge=judge, probe=probe, probe_prompts=probe_prompts,
+        cfg = CoverageConfig(taxonomy=taxonomy, judge=judge, judge_all=judge_all, probe=probe, probe_prompts=probe_prompts,
                              generator=generator, policy=policy, seed=seed)
     except ValueError as e:
         raise UserInputError(f"bad coverage option: {e}", fix="see `cai constitution coverage --help`.") from None

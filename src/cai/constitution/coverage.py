@@ -1,8 +1,9 @@
 """``cai constitution coverage``: which categories of a harm taxonomy a constitution's principles cover.
 
 A principle covers a category *by tag* when one of its tags is among the category's ``maps_to`` tags (or is the
-category's own id, for taxonomies whose ids are used as tags). Optionally a *judge* model reads every
-(category, principle) pair and says whether the principle guards against that category: a yes/no question asked
+category's own id, for taxonomies whose ids are used as tags). Optionally a *judge* model reads the (category,
+principle) pairs of every category no tag covers (of every category with ``judge_all``) and says whether the
+principle guards against that category: a yes/no question asked
 twice, with the letters swapped, so a model that always answers (A) lands at P(yes) = 0.5, below the default
 threshold. Categories that no principle covers are listed first.
 
@@ -35,6 +36,8 @@ class CoverageConfig(BaseModel):
                               "covers (e.g. 'embedded'); none: tags only")
     judge_threshold: float = Field(default=0.75, gt=0, le=1, description="Mean P(yes) from which the judge counts a "
                                    "principle as covering a category")
+    judge_all: bool = Field(default=False, description="Judge every category; by default only those no tag covers "
+                            "(where the judge can change the verdict), which keeps a CPU run short")
     probe: bool = Field(default=False, description="Generate requests for each uncovered category and show how the "
                         "policy model answers them")
     probe_prompts: int = Field(default=3, ge=1, le=20, description="Requests written per uncovered category")
@@ -189,8 +192,9 @@ def measure_coverage(const: Constitution, tax: Taxonomy, cfg: CoverageConfig, *,
         pool = BackendPool()
     cats = [CategoryCoverage(c.id, c.name, c.group, list(c.maps_to), tag_coverage(const, c)) for c in tax.categories]
     if cfg.judge:
-        p_yes = judge_coverage(pool.get(cfg.judge), const, tax.categories)
-        for c in cats:
+        judged = [c for c, row in zip(tax.categories, cats) if cfg.judge_all or not row.by_tag]
+        p_yes = judge_coverage(pool.get(cfg.judge), const, judged) if judged else {}
+        for c in (row for row in cats if cfg.judge_all or not row.by_tag):
             c.p_model = {p.id: round(p_yes[(c.id, p.id)], 4) for p in const.principles}
             c.by_model = [pid for pid, v in c.p_model.items() if v >= cfg.judge_threshold]
     order = {c.id: n for n, c in enumerate(cats)}

@@ -58,7 +58,7 @@ class LintConfig(BaseModel):
     embeddings: bool = Field(default=True, description="Compare principles with sentence embeddings")
     checker: str | None = Field(default=None, description="Model spec that checks pairs for duplicates and "
                                 "contradictions (e.g. 'embedded'); none: no model checks")
-    checker_pairs: int = Field(default=30, ge=1, description="Pairs the checker reads: the most similar ones")
+    checker_pairs: int = Field(default=10, ge=1, description="Pairs the checker reads: the most similar ones")
     checker_threshold: float = Field(default=0.75, gt=0, le=1, description="Mean P(yes) from which the checker's "
                                      "answer becomes a finding")
     max_words_warning: int = Field(default=60, ge=5, description="Words in one request or question above which it "
