@@ -65,15 +65,19 @@ class RedteamConfig(BaseModel):
     keep_near_duplicates: bool = Field(
         default=False, description="Also write successful near-duplicates of known prompts into attacks.jsonl"
     )
-    attack_max_tokens: int = Field(default=64, ge=8, description="Max new tokens per attack the attacker writes")
-    response_max_tokens: int = Field(default=96, ge=8, description="Max new tokens per target answer")
+    attack_max_tokens: int = Field(
+        default=48, ge=8, description="Max new tokens per attack the attacker writes (it stops at the end of a line)"
+    )
+    response_max_tokens: int = Field(
+        default=64, ge=8, description="Max new tokens per target answer (refusals show in the first sentences)"
+    )
     attacker_temperature: float = Field(default=1.0, gt=0, description="Attacker sampling temperature (> 0 for diversity)")
     top_p: float = Field(default=0.95, gt=0, le=1, description="Attacker nucleus sampling")
     target_temperature: float = Field(default=0.0, ge=0, description="Target sampling temperature (0 = greedy)")
     supervised_steps: int = Field(default=8, ge=1, description="Fine-tuning steps of the supervised attacker round")
     self_bleu_sample: int = Field(default=200, ge=2, description="Most attacks self-BLEU is computed over (seeded sample)")
     seed: int = Field(default=0, description="Seeds sampling, few-shot draws and intervals")
-    shard_size: int = Field(default=16, ge=1, description="Cases per shard (one batched call per role; resume unit)")
+    shard_size: int = Field(default=24, ge=1, description="Cases per shard (one batched call per role; resume unit)")
 
     @field_validator("categories")
     @classmethod

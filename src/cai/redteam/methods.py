@@ -107,7 +107,7 @@ class Work:
     def _attacker_params(self, seed: int) -> GenParams:
         c = self.cfg
         return GenParams(max_new_tokens=c.attack_max_tokens, temperature=c.attacker_temperature, top_p=c.top_p,
-                         seed=seed, stop=["\n\n"])
+                         seed=seed, stop=["\n"])  # the message is one line: the rest would be discarded
 
     @staticmethod
     def _end(row: dict, status: str, reason: str) -> None:
