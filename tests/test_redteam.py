@@ -316,3 +316,17 @@ def test_report_shows_the_redteam_section(tmp_path):
     assert 'id="redteam"' in html and "Attack success per harm category" in html and "fraud" in html
     assert "## Red-teaming" in md and "| fraud | 100.0% [51.0, 100.0] n=4 |" in md
     assert "unique successes" in md and "corrected" in md
+
+
+def test_a_pipeline_revises_on_a_redteam_run_s_attacks(tmp_path):
+    from cai.pipeline import load_pipeline_config, run_pipeline
+
+    runs = tmp_path / "runs"
+    run_redteam(cfg(categories=["fraud"], per_category=2), runs / "r", pool=make_pool(), embedder=bag_embed)
+    attacks = runs / "r" / "redteam" / "attacks.jsonl"
+    conf = tmp_path / "p.yaml"
+    conf.write_text(f"runs_dir: {runs}\nstages: [revise]\nbase_model: fake\nrevise: {{helpful: null, rounds: 1}}\n",
+                    encoding="utf-8")
+    run_pipeline(load_pipeline_config(str(conf), ["run=r", f"revise.prompts={attacks}"]))
+    data = read_jsonl(runs / "r" / "revise" / "data.jsonl")
+    assert sorted(d["id"] for d in data) == sorted(a["id"] for a in read_jsonl(attacks))

@@ -8,8 +8,9 @@ Output ``runs/<run>/redteam/``:
   ``near_duplicate_threshold`` cosine similarity (MiniLM, :mod:`cai.embed`) of a shipped or training prompt;
 * ``attacks.jsonl``: the successful attacks in the shipped prompt format (``id``, ``prompt``, ``category``, ...), so
   ``cai revise --prompts RUN/redteam/attacks.jsonl`` trains on them and ``cai eval --harmful
-  RUN/redteam/attacks.jsonl --harmful-split all`` scores later models on them (near-duplicates of known prompts are
-  left out unless ``keep_near_duplicates``: they add nothing and could leak held-out prompts into training);
+  RUN/redteam/attacks.jsonl`` scores later models on them (the rows carry no ``split``, so every split takes them;
+  near-duplicates of known prompts are left out unless ``keep_near_duplicates``: they add nothing and could leak
+  held-out prompts into training);
 * ``shards/`` (the resume unit, :func:`cai.stages.sharded.run_sharded`), ``manifest.json`` last, with the figures of
   :mod:`cai.redteam.metrics`.
 """
