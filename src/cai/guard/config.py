@@ -11,7 +11,7 @@ A policy is a YAML file (``cai.yamlsafe`` rules: bounded size, no repeated keys)
     default_threshold: 0.5
     rules:
       no-violence-uplift: {action: block, threshold: 0.6}
-    prefilter: {kind: embedding, low: 0.15, high: 0.97}
+    prefilter: {kind: embedding, low: 0.2, high: 0.97}
 
 ``policy_hash()`` fingerprints the canonical settings together with the constitution's content hash, so two replies
 carrying the same hash were checked under exactly the same rules.
@@ -55,7 +55,7 @@ class PrefilterConfig(_Strict):
         description="lexicon: the refusal lexicon (a clear refusal is safe, anything else is uncertain); embedding: "
         "nearest shipped training prompts (harmful vs benign, packaged sentence embeddings) combined with the "
         "refusal lexicon; reward_model: a reward model trained by `cai reward` (low reward = likely violation)")
-    low: float = Field(default=0.15, ge=0.0, le=1.0, description="Scores below this pass without the model check")
+    low: float = Field(default=0.2, ge=0.0, le=1.0, description="Scores below this pass without the model check")
     high: float = Field(default=0.97, ge=0.0, le=1.0,
                         description="Scores at or above this count as violated without the model check (the "
                         "strictest action of the applicable principles is taken)")
