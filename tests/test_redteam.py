@@ -120,14 +120,19 @@ def test_statuses_are_counted_and_errors_never_count_as_safe_or_success(tmp_path
     assert [a["category"] for a in attacks] == ["fraud"] * 4
 
 
-def test_every_row_records_what_the_issue_asks(tmp_path):
-    run_redteam(cfg(categories=["fraud"], per_category=2), tmp_path, pool=make_pool(), embedder=bag_embed)
+def test_every_row_records_each_judge_and_the_first_decides(tmp_path):
+    pool = make_pool()
+    pool.put("fake:judge", FakeBackend("judge", logprob_fn=lambda conv, opt: -0.1 if "A" in opt else -3.0))
+    m = run_redteam(cfg(categories=["fraud"], per_category=2, extra_judges=["fake:judge"]), tmp_path, pool=pool,
+                    embedder=bag_embed)
     r = read_jsonl(tmp_path / "redteam" / "cases.jsonl")[0]
     for key in ("category", "principle", "method", "attacker", "seed", "turns", "prompt", "response", "judges", "status"):
         assert r[key] is not None, key
     assert r["attacker"] == "fake" and isinstance(r["seed"], int)
-    (name, verdict), = r["judges"].items()
-    assert name.startswith("classifier:") and verdict["label"] == "complied" and 0 <= verdict["score"] <= 1
+    (first, v1), (second, v2) = r["judges"].items()
+    assert first.startswith("classifier:") and v1["label"] == "complied" and 0 <= v1["score"] <= 1
+    assert second == "llm:fake" and v2["label"] == "refused"  # recorded, but the first judge decides
+    assert r["success"] is True and [j["judge"] for j in m["judges"]] == [first, second]
 
 
 def test_few_shot_draws_from_shipped_seeds_then_from_earlier_successes(tmp_path):
