@@ -10,6 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from test_executors import ray_session  # noqa: F401  (module fixtures of those suites, used by the server test)
+from test_server_suite import vllm_url  # noqa: F401
+
 pytestmark = [pytest.mark.slow, pytest.mark.realmodel]
 
 
@@ -36,3 +39,27 @@ def test_torchrun_two_processes_share_an_sft_epoch(tmp_path, subprocess_env):
     assert any("loss" in m for m in metrics)
     assert (stage / "model" / "config.json").exists()
     assert not (tmp_path / "runs" / "default" / ".ranks").exists()
+
+
+
+@pytest.mark.server
+def test_ray_executor_samples_like_the_local_one_on_a_real_vllm_server(vllm_url, ray_session, tmp_path):
+    """pairs on vLLM for CPU (scripts/serve_vllm_cpu.sh, opt in with -m server): the K seeded samples of each prompt
+    sent by Ray Data workers equal those the HTTP backend gets from the same server."""
+    from cai import registry
+    from cai.config import build_config
+
+    out = {}
+    for kind in ("local", "ray"):
+        cls = registry.get("pairs").config_class()
+        cfg = build_config(cls, {"limit": 4, "k": 2, "max_tokens": 32, "seed": 5, "shard_size": 4,
+                                 "policy": {"backend": "openai", "model": "smollm2", "base_url": vllm_url,
+                                            "max_concurrency": 4, "timeout_s": 900},
+                                 "executor": {"kind": kind, "engine": "http", "batch_size": 4}})
+        out[kind] = registry.call("pairs", cfg, tmp_path / kind)
+    local = [json.loads(x) for x in (tmp_path / "local" / "pairs" / "pairs.jsonl").read_text().splitlines()]
+    ray_rows = [json.loads(x) for x in (tmp_path / "ray" / "pairs" / "pairs.jsonl").read_text().splitlines()]
+    assert len(local) == 4 and all(r["n_distinct"] == 2 for r in local)
+    assert [r["responses"] for r in ray_rows] == [r["responses"] for r in local]
+    assert out["ray"]["counts"] == out["local"]["counts"]
+    assert out["ray"]["model"]["backend"] == "ray" and out["ray"]["model"]["throughput"]["generated_tokens"] > 0

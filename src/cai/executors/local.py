@@ -18,9 +18,8 @@ from cai.executors.config import ExecutorConfig, executor_of
 class RayPool:
     """A backend pool whose roles run on the ray executor; roles naming the same model share one backend."""
 
-    def __init__(self, ex: ExecutorConfig, inner: Any = None):
+    def __init__(self, ex: ExecutorConfig):
         self.ex = ex
-        self.inner = inner
         self._live: dict[tuple, Backend] = {}
 
     def get(self, spec: ModelSpec | str) -> Backend:
@@ -48,4 +47,4 @@ def executor_pool(cfg: Any, pool: Any = None, *, takes_pool: bool = True) -> Any
     if not takes_pool:
         raise ConfigError(f"executor kind 'ray' needs a stage that takes its models from a backend pool; "
                           f"{type(cfg).__name__} does not.", fix="remove `executor:` from this stage's settings.")
-    return RayPool(ex, pool)
+    return RayPool(ex)  # the local pool's backends are not used: every role runs on the executor's engine
