@@ -4,6 +4,7 @@ log (exactly once per request, content redacted, rotation), and the key never re
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import threading
@@ -12,6 +13,8 @@ import time
 import httpx
 import openai
 import pytest
+from fastapi import FastAPI, Request
+from fastapi.responses import StreamingResponse
 
 from cai.backends.fake import FakeBackend
 from cai.backends.registry import BackendPool
@@ -63,6 +66,30 @@ def upstream_reply(conv):
     return f"Answer: {last}"
 
 
+LEAD = "Sure, here is a careful and friendly answer that starts out clean and stays calm for a while."
+
+
+def streaming_upstream(delay_s: float = 0.03):
+    """An OpenAI-compatible upstream that streams its reply word by word: LEAD, then the last user message."""
+    app = FastAPI()
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
+        body = await request.json()
+        words = f"{LEAD} {body['messages'][-1]['content']}".split(" ")
+
+        async def events():
+            for i, w in enumerate(words):
+                piece = w if i == len(words) - 1 else w + " "
+                yield f"data: {json.dumps({'choices': [{'index': 0, 'delta': {'content': piece}}]})}\n\n"
+                await asyncio.sleep(delay_s)
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    return app
+
+
 class BrokenChecker(FakeBackend):
     def option_logprobs(self, conversations, options):
         raise ConnectionError("checker is down")
@@ -82,6 +109,7 @@ def env(tmp_path_factory):
     pool.put("fake:broken", BrokenChecker("fake:broken"))
     pdir = tmp / "policies"
     pdir.mkdir()
+    streamer = BackgroundServer(streaming_upstream()).__enter__()
     closed = _free_port()
     specs = {
         "main": ("fake:upstream", "fake:checker", "fail_closed"),
@@ -92,6 +120,7 @@ def env(tmp_path_factory):
                  "fake:checker", "fail_closed"),
         "bad": ("{backend: openai, model: stub-model, base_url: '%s', max_retries: 0}" % stub.base_url,
                 "fake:checker", "fail_closed"),
+        "win": (f"openai:streamer@{streamer.url}/v1", "fake:checker", "fail_closed"),
     }
     for pid, (policy, checker, fail) in specs.items():
         (pdir / f"{pid}.yaml").write_text(POLICY.format(id=pid, policy=policy, checker=checker, fail=fail))
@@ -105,7 +134,7 @@ def env(tmp_path_factory):
     cfg = GuardServerConfig(policies=[str(pdir / "main.yaml"), str(pdir)], default_policy="main", keys_file=str(keys),
                             key_env="CAI_TEST_GUARD_KEY", audit_path=str(audit), max_body_bytes=4096,
                             max_prompt_tokens=300, max_completion_tokens=512, workers=4, stream_chunk_chars=8,
-                            audit_fsync="always")
+                            audit_fsync="always", window_chars=24)
     with pytest.raises(Exception, match="Two policies have the id 'main'"):
         build_app(cfg, pool=pool)
     cfg = cfg.model_copy(update={"policies": [str(pdir)]})
@@ -114,6 +143,7 @@ def env(tmp_path_factory):
         yield {"url": srv.url, "audit": audit, "app": app, "stub": stub, "upstream": upstream, "service": service,
                "keys": keys}
     stub.stop()
+    streamer.__exit__(None, None, None)
 
 
 def _free_port() -> int:
@@ -260,6 +290,37 @@ def test_streaming_holds_the_text_until_checked(env):
     assert body.rstrip().endswith("data: [DONE]") and body.count("data: ") >= 4
 
 
+def test_window_streaming_checks_each_window_before_sending_it(env):
+    c = client(env)
+    window = {"guardrails": {"stream_mode": "window"}}
+    t0, first, chunks = time.perf_counter(), None, []
+    for ch in c.chat.completions.create(model="win", messages=ask("tell me about eggs"), stream=True, extra_body=window):
+        if ch.choices[0].delta.content and first is None:
+            first = time.perf_counter() - t0
+        chunks.append(ch)
+    total = time.perf_counter() - t0
+    assert "".join(ch.choices[0].delta.content or "" for ch in chunks) == f"{LEAD} tell me about eggs"
+    g = chunks[-1].guardrails
+    assert chunks[0].guardrails["stream_mode"] == "window" and g["stream_mode"] == "window"
+    assert g["action"] == "pass" and chunks[-1].choices[0].finish_reason == "stop" and g["windows_checked"] >= 4
+    assert first < total / 2, (first, total)  # the first words left before the upstream had finished
+    (rec,) = audit_by_id(env)[chunks[0].id]
+    assert rec["windows_checked"] == g["windows_checked"] and rec["stream_mode"] == "window" and rec["status"] == 200
+    # a late violation: the clean windows before it were sent, the flagged one never is
+    blocked = list(c.chat.completions.create(model="win", messages=ask(f"now {BLOCK} please"), stream=True,
+                                             extra_body=window))
+    text = "".join(ch.choices[0].delta.content or "" for ch in blocked)
+    assert BLOCK not in text and text and LEAD.startswith(text)
+    assert blocked[-1].choices[0].finish_reason == "content_filter" and blocked[-1].guardrails["action"] == "blocked"
+    assert audit_by_id(env)[blocked[0].id][0]["action"] == "blocked"
+    # a model that cannot stream is held instead, and says so; an upstream that is down still gets a 502 status
+    held = list(c.chat.completions.create(model="main", messages=ask("hi"), stream=True, extra_body=window))
+    assert held[-1].guardrails["stream_mode"] == "hold"
+    with pytest.raises(openai.APIStatusError) as e:
+        list(c.chat.completions.create(model="down", messages=ask("hi"), stream=True, extra_body=window))
+    assert e.value.status_code == 502
+
+
 def test_auth_401_and_the_key_never_logged(env, caplog):
     caplog.set_level(logging.DEBUG)
     for key in ("cai-not-a-real-key-000000", ""):
@@ -294,7 +355,7 @@ def test_policy_per_request_header_and_model(env):
     with pytest.raises(openai.BadRequestError, match="unknown policy 'nope'"):
         c.chat.completions.create(model="x", messages=ask("hi"), extra_body={"guardrails": {"policy": "nope"}})
     models = {m.id for m in c.models.list()}
-    assert models == {"main", "strict", "lenient", "down", "slow", "bad"}
+    assert models == {"main", "strict", "lenient", "down", "slow", "bad", "win"}
 
 
 def test_checker_down_fails_closed_or_open_per_policy(env):
@@ -502,6 +563,17 @@ def test_cli_serve_starts_with_one_command(cai_exe, subprocess_env, tmp_path):
     (rec,) = read_records(tmp_path / "guard-audit.jsonl")
     assert rec["request_id"] == r.id and rec["key_id"] == "env"
     assert "POST /v1/chat/completions" in output and ALICE not in output
-    bad = subprocess.run([str(cai_exe), "guard", "serve", "--policy", "missing.yaml"], cwd=tmp_path, env=env,
-                         capture_output=True, text=True, timeout=60)
-    assert bad.returncode == 2 and "missing.yaml does not exist" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_cli_serve_refuses_bad_settings(runner, tmp_path, monkeypatch):
+    from cai.cli.main import app
+
+    monkeypatch.chdir(tmp_path)
+    r = runner.invoke(app, ["guard", "serve", "--policy", "missing.yaml"])
+    assert r.exit_code == 2 and "missing.yaml does not exist" in r.output and "Traceback" not in r.output
+    (tmp_path / "p.yaml").write_text("id: cli\npolicy: fake\nchecker: fake\nthreshold: 2\n")
+    r = runner.invoke(app, ["guard", "serve", "--policy", "p.yaml", "--no-auth"])
+    assert r.exit_code == 2 and "p.yaml:4: threshold: unknown setting" in r.output
+    (tmp_path / "p.yaml").write_text("id: cli\npolicy: fake\nchecker: fake\n")
+    r = runner.invoke(app, ["guard", "serve", "--policy", "p.yaml", "--key-env", "CAI_TEST_NO_SUCH_VAR"])
+    assert r.exit_code == 2 and "No API key is configured" in r.output

@@ -74,7 +74,6 @@ def serve(
         "max_completion_tokens": max_completion_tokens, "cors_origins": cors_origin or None,
     })
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    console.print(f"guard server on http://{cfg.host}:{cfg.port}/v1 (audit log {cfg.audit_path})", highlight=False)
     run_server(cfg)
 
 

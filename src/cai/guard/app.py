@@ -2,34 +2,34 @@
 
 Endpoints: ``POST /v1/chat/completions`` (plain and SSE streaming), ``GET /v1/models``, ``POST /v1/guard/check``,
 ``GET /healthz``, ``GET /metrics``. Every reply of a guarded endpoint carries a ``guardrails`` object; a blocked
-answer ends with ``finish_reason: "content_filter"``. Streaming is in ``hold`` mode: the answer is generated and
-checked (and revised or blocked) before the first content chunk is sent, so no unchecked text ever leaves the
-server; ``guardrails.stream_mode`` says so in the first and the last chunk.
+answer ends with ``finish_reason: "content_filter"``. Streaming holds the answer until it is checked, or sends a
+streaming upstream's text window by window, each after a check (:mod:`cai.guard.streaming`); no unchecked text ever
+leaves the server, and ``guardrails.stream_mode`` says which mode ran, in the first and the last chunk.
 
 Each request to a guarded endpoint writes exactly one audit record, whatever its outcome.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import time
 import uuid
 from contextlib import asynccontextmanager
 from dataclasses import asdict
-from typing import Any, AsyncIterator, Literal
+from typing import Any, AsyncIterator
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from cai.backends.spec import ModelSpec
 from cai.errors import UserInputError
 from cai.guard.audit import AuditLog
 from cai.guard.auth import KeyStore, bearer_key
 from cai.guard.metrics import GuardMetrics
 from cai.guard.server import GuardService, Policy, UpstreamError
+from cai.guard.streaming import WindowStream, hold_chunks, upstream_deltas
 from cai.guard.types import CheckResult, GuardResult
+from cai.guard.wire import ApiError, ChatRequest, CheckRequest, estimate_tokens, parse_body, plain_messages
 
 log = logging.getLogger("cai.guard.server")
 
@@ -37,88 +37,6 @@ POLICY_HEADER = "x-guard-policy"
 #: Request fields the server acts on; any other field given is listed in ``guardrails.not_applied``.
 HANDLED_FIELDS = {"model", "messages", "stream", "n", "guardrails", "user", "max_tokens", "max_completion_tokens"}
 _STRENGTH = {"block": 3, "revise": 2, "flag": 1}
-
-
-class ApiError(Exception):
-    """An error reply in the OpenAI format: ``{"error": {"message", "type", "code"}}``."""
-
-    def __init__(self, status: int, message: str, type_: str = "invalid_request_error", code: str | None = None):
-        super().__init__(message)
-        self.status, self.message, self.type, self.code = status, message, type_, code
-
-    def response(self, request_id: str) -> JSONResponse:
-        body = {"error": {"message": self.message, "type": self.type, "param": None, "code": self.code}}
-        return JSONResponse(body, status_code=self.status, headers={"x-request-id": request_id})
-
-
-# --- request bodies ------------------------------------------------------------------------------------------------
-class GuardrailsOptions(BaseModel):
-    """The ``guardrails`` field of a request (``extra_body={"guardrails": {...}}`` in the openai client)."""
-
-    model_config = ConfigDict(extra="forbid")
-    policy: str | None = Field(default=None, description="Policy id to apply (overrides the header and the key's default)")
-
-
-class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[dict] | None = None
-
-    def text(self) -> str:
-        if self.content is None:
-            return ""
-        if isinstance(self.content, str):
-            return self.content
-        parts = []
-        for part in self.content:
-            if part.get("type") != "text" or not isinstance(part.get("text"), str):
-                raise ApiError(400, f"message content part of type '{part.get('type')}' is not supported; send text")
-            parts.append(part["text"])
-        return "\n".join(parts)
-
-
-class ChatRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    model: str | None = None
-    messages: list[ChatMessage] = Field(min_length=1)
-    stream: bool = False
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
-    n: int = Field(default=1, ge=1)
-    guardrails: GuardrailsOptions | None = None
-
-
-class CheckRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    messages: list[ChatMessage] = Field(min_length=1)
-    answer: str | None = Field(default=None, description="The answer to check (omit to check the conversation only)")
-    policy: str | None = None
-    model: str | None = None
-    guardrails: GuardrailsOptions | None = None
-
-
-def estimate_tokens(text: str) -> int:
-    """A tokenizer-free upper-side estimate: the larger of the word count and characters / 4."""
-    return max(len(text.split()), math.ceil(len(text) / 4))
-
-
-def _parse(model: type[BaseModel], raw: bytes) -> Any:
-    try:
-        data = json.loads(raw)
-    except ValueError as e:
-        raise ApiError(400, f"request body is not JSON ({e})") from None
-    except RecursionError:
-        raise ApiError(400, "request body is nested too deeply") from None
-    try:
-        return model.model_validate(data)
-    except ValidationError as e:
-        err = e.errors()[0]
-        where = ".".join(str(x) for x in err["loc"]) or "body"
-        raise ApiError(400, f"invalid request: {where}: {err['msg']}") from None
-
-
-def _messages(msgs: list[ChatMessage]) -> list[dict]:
-    return [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in msgs]
 
 
 # --- the app -------------------------------------------------------------------------------------------------------
@@ -136,6 +54,8 @@ class _Ctx:
         }
         self.latency: dict[str, float] = {}
         self.not_applied: dict[str, str] = {}
+        #: Set when a window stream writes the record itself when it ends.
+        self.deferred = False
 
     @property
     def id(self) -> str:
@@ -246,7 +166,8 @@ def create_app(service: GuardService, *, keys: KeyStore | None, audit: AuditLog,
             return ApiError(500, "internal error in the guard server", "server_error").response(ctx.id)
         finally:
             metrics.in_flight.dec()
-            write_audit(ctx)
+            if not ctx.deferred:
+                write_audit(ctx)
 
     # --- the check and the answer ----------------------------------------------------------------------------------
     def fail_result(policy: Policy, messages: list[dict], answer: str, error: str) -> GuardResult:
@@ -293,11 +214,11 @@ def create_app(service: GuardService, *, keys: KeyStore | None, audit: AuditLog,
 
     async def chat(request: Request, ctx: _Ctx) -> Any:
         key_default = authenticate(request, ctx)
-        body = _parse(ChatRequest, await read_body(request))
+        body = parse_body(ChatRequest, await read_body(request))
         policy = pick_policy(request, body, key_default, ctx)
         if body.n != 1:
             raise ApiError(400, "n must be 1 (the guard checks one answer per request)")
-        messages = _messages(body.messages)
+        messages = plain_messages(body.messages)
         max_tokens = body.max_completion_tokens or body.max_tokens
         check_tokens(messages, max_tokens)
         ctx.record.update(stream=body.stream, **audit.content(messages=messages))
@@ -307,6 +228,12 @@ def create_app(service: GuardService, *, keys: KeyStore | None, audit: AuditLog,
         if max_tokens and not generate_kwargs:
             not_applied.append("max_tokens")
         ctx.not_applied = {f: "the policy's generation settings apply" for f in not_applied}
+        mode = (body.guardrails and body.guardrails.stream_mode) or cfg.stream_mode
+        if body.stream and mode == "window":
+            spec = getattr(getattr(policy.guard, "config", None), "policy", None)
+            if isinstance(spec, ModelSpec) and spec.backend == "openai":
+                return await window_reply(ctx, policy, messages, spec, body.model or policy.id)
+            ctx.record["stream_note"] = "window mode needs a streaming upstream (openai:); the answer was held"
 
         answer, gen_s = await service.run(lambda: policy.guard.generate(messages, **generate_kwargs), phase="generate")
         ctx.latency["generate"] = round(gen_s * 1000, 3)
@@ -338,7 +265,7 @@ def create_app(service: GuardService, *, keys: KeyStore | None, audit: AuditLog,
             ctx.record["stream_mode"] = "hold"
             ctx.latency["total"] = round((time.perf_counter() - ctx.t0) * 1000, 3)
             g = guardrails(ctx, policy, result, "hold")
-            chunks = _sse_chunks(ctx.id, created, model, result.answer, finish_reason, g, cfg.stream_chunk_chars)
+            chunks = hold_chunks(ctx.id, created, model, result.answer, finish_reason, g, cfg.stream_chunk_chars)
             return finish(ctx, 200, StreamingResponse(chunks, media_type="text/event-stream",
                                                       headers={**headers, "cache-control": "no-cache"}))
         ctx.latency["total"] = round((time.perf_counter() - ctx.t0) * 1000, 3)
@@ -353,11 +280,66 @@ def create_app(service: GuardService, *, keys: KeyStore | None, audit: AuditLog,
         }
         return finish(ctx, 200, JSONResponse(reply, headers=headers))
 
+    def decide(policy: Policy, result: CheckResult) -> str:
+        """What the answer so far gets in window mode: pass, flagged, or blocked (revise blocks: text already sent
+        cannot be rewritten)."""
+        failed = result.error is not None or any(v.score is None for v in result.verdicts)
+        if failed and policy.fail_mode != "fail_open":
+            return "blocked"
+        flagged = [v for v in result.verdicts if v.violated and v.score is not None]
+        if any(v.action in ("block", "revise") for v in flagged):
+            return "blocked"
+        return "flagged" if flagged else "pass"
+
+    async def window_reply(ctx: _Ctx, policy: Policy, messages: list[dict], spec: ModelSpec, model: str) -> Any:
+        gcfg = policy.guard.config
+        deltas = upstream_deltas(spec, messages, max_tokens=gcfg.max_new_tokens, temperature=gcfg.temperature,
+                                 seed=gcfg.seed)
+
+        async def check_text(text: str) -> CheckResult:
+            try:
+                result, s = await service.run(lambda: policy.guard.check(messages, text), phase="check")
+            except Exception as e:  # noqa: BLE001 - a failed check: decide() applies the policy's fail mode
+                result, s = CheckResult(verdicts=[], error=f"{type(e).__name__}: {getattr(e, 'message', None) or e}"[:300]), 0.0
+            metrics.latency.observe(s, "check")
+            return result
+
+        def on_done(summary: dict) -> None:
+            check = summary["check"] or CheckResult(verdicts=[])
+            result = GuardResult(outcome=summary["outcome"], answer=summary["sent"], original=summary["sent"],
+                                 check=check, policy_id=policy.id, policy_hash=policy.hash,
+                                 model_calls=summary["model_calls"])
+            ctx.latency["check"] = round(summary["check_ms"], 3)
+            if summary["first_content_ms"] is not None:
+                ctx.latency["first_content"] = summary["first_content_ms"]
+                metrics.latency.observe(summary["first_content_ms"] / 1000, "first_content")
+            ctx.latency["total"] = round((time.perf_counter() - ctx.t0) * 1000, 3)
+            note_check(ctx, policy, check)
+            metrics.actions.inc(policy.id, summary["outcome"])
+            ctx.record.update(status=200, action=summary["outcome"], model_calls=summary["model_calls"],
+                              finish_reason=summary["finish_reason"], stream_mode="window",
+                              windows_checked=summary["windows"], final_answer=audit.content(answer=summary["sent"])["answer"])
+            if summary["error"]:
+                ctx.record.update(error=summary["error"], upstream_error_status=summary.get("status"))
+            g = guardrails(ctx, policy, result, "window")
+            g["windows_checked"] = summary["windows"]
+            summary["guardrails"] = g
+            write_audit(ctx)
+
+        head = {"request_id": ctx.id, "policy_id": policy.id, "policy_hash": policy.hash, "stream_mode": "window"}
+        stream = WindowStream(deltas=deltas, check=check_text, decide=lambda r: decide(policy, r),
+                              window_chars=cfg.window_chars, chunk_chars=cfg.stream_chunk_chars,
+                              envelope=(ctx.id, int(time.time()), model), head=head, on_done=on_done)
+        await stream.prime()
+        ctx.deferred = True
+        headers = {"x-request-id": ctx.id, "x-guard-policy-hash": policy.hash, "cache-control": "no-cache"}
+        return finish(ctx, 200, StreamingResponse(stream, media_type="text/event-stream", headers=headers))
+
     async def check(request: Request, ctx: _Ctx) -> Any:
         key_default = authenticate(request, ctx)
-        body = _parse(CheckRequest, await read_body(request))
+        body = parse_body(CheckRequest, await read_body(request))
         policy = pick_policy(request, body, key_default, ctx)
-        messages = _messages(body.messages)
+        messages = plain_messages(body.messages)
         check_tokens(messages + ([{"content": body.answer}] if body.answer else []), None)
         ctx.record.update(**audit.content(messages=messages, answer=body.answer))
         try:
@@ -436,34 +418,3 @@ def _accepts(fn: Any, name: str) -> bool:
     except (TypeError, ValueError):
         return False
     return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
-
-
-def split_chunks(text: str, size: int) -> list[str]:
-    """``text`` cut after whitespace into pieces of about ``size`` characters; joined they give ``text`` back."""
-    out, start = [], 0
-    while start < len(text):
-        end = min(len(text), start + size)
-        if end < len(text):
-            space = text.rfind(" ", start + 1, end + 1)
-            if space > start:
-                end = space + 1
-        out.append(text[start:end])
-        start = end
-    return out
-
-
-async def _sse_chunks(rid: str, created: int, model: str, text: str, finish_reason: str, guardrails: dict,
-                      size: int) -> AsyncIterator[bytes]:
-    def event(delta: dict, finish: str | None, extra: dict | None = None) -> bytes:
-        chunk = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
-                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]}
-        if extra:
-            chunk.update(extra)
-        return f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n".encode("utf-8")
-
-    head = {k: guardrails[k] for k in ("request_id", "policy_id", "policy_hash", "stream_mode")}
-    yield event({"role": "assistant", "content": ""}, None, {"guardrails": head})
-    for piece in split_chunks(text, size):
-        yield event({"content": piece}, None)
-    yield event({}, finish_reason, {"guardrails": guardrails})
-    yield b"data: [DONE]\n\n"

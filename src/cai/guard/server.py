@@ -55,6 +55,11 @@ class GuardServerConfig(BaseModel):
     workers: int = Field(default=8, ge=1, le=256, description="Threads running model work (calls into one local "
                          "model are serialized whatever this is)")
     stream_chunk_chars: int = Field(default=32, ge=1, description="Streaming: about this many characters per chunk")
+    stream_mode: Literal["hold", "window"] = Field(
+        default="hold", description="Streaming default (a request may ask for the other with guardrails.stream_mode): "
+        "hold: generate, check, then send; window: send a streaming upstream's text window by window, each after a "
+        "check of the answer so far (openai: upstreams only; others are held)")
+    window_chars: int = Field(default=200, ge=8, description="window mode: characters per checked window")
     audit_path: str = Field(default="guard-audit.jsonl", description="Audit log file (JSON Lines, append-only)")
     audit_max_bytes: int = Field(default=50 << 20, ge=0, description="Rotate the audit log past this size (0: never)")
     audit_backups: int = Field(default=5, ge=0, description="Rotated audit files kept (.1 newest)")
@@ -264,6 +269,7 @@ def build_app(config: GuardServerConfig, *, guards: list[tuple[Any, str]] | None
     from cai.guard.audit import AuditLog
     from cai.guard.auth import KeyStore
 
+    policy_files(config.policies)  # a missing file is reported before anything else
     keys = None
     if not config.no_auth:
         keys = KeyStore.load(config.keys_file, config.key_env)
@@ -318,6 +324,7 @@ def serve(config: GuardServerConfig) -> None:
     import uvicorn
 
     app, service = build_app(config)
+    log.info("guard server on http://%s:%s/v1, audit log %s", config.host, config.port, config.audit_path)
     if config.no_auth:
         log.warning("--no-auth: every request is accepted without an API key")
     for p in service.policies.values():
