@@ -341,3 +341,14 @@ def test_the_direct_rlaif_pipeline_config_is_valid(tmp_path):
     with pytest.raises(CaiError, match="reward"):
         build_config(RLStageConfig, {**section, "reward": "labeler"}, source="rl")
     assert load_pipeline_config(path, ["rl.ensemble=3"]).rl["ensemble"] == 3
+
+
+def test_cai_rl_has_the_direct_reward_flags(runner):
+    from cai.cli.main import app
+
+    r = runner.invoke(app, ["rl", "--help"])
+    assert r.exit_code == 0, r.output
+    for flag in ("--reward", "--labeler", "--ensemble", "--min-rating-mass", "--constitution"):
+        assert flag in r.output, flag
+    r = runner.invoke(app, ["rl", "--run", "x", "--reward", "labeler"])
+    assert r.exit_code == 2 and "Traceback" not in r.output
