@@ -352,3 +352,20 @@ def test_cai_rl_has_the_direct_reward_flags(runner):
         assert flag in r.output, flag
     r = runner.invoke(app, ["rl", "--run", "x", "--reward", "labeler"])
     assert r.exit_code == 2 and "Traceback" not in r.output
+
+
+def test_principle_draws_follow_the_optimizer_step_so_a_resumed_run_draws_the_same():
+    from types import SimpleNamespace
+
+    def run(steps):
+        rater = ConstitutionRater(FakeBackend(logprob_fn=_digit_logprobs({"5": 1.0})), CONST, seed=4)
+        reward = RewardModelReward(rater)
+        out = {}
+        for s in steps:
+            reward(prompts=["Tell me about volcanoes."], completions=["They erupt."],
+                   trainer_state=SimpleNamespace(global_step=s))
+            out[s] = rater.last_details[0]["principles"]
+        return out
+
+    whole, resumed = run(range(6)), run(range(3, 6))  # a fresh process picks up at step 3
+    assert all(resumed[s] == whole[s] for s in range(3, 6))

@@ -22,9 +22,10 @@ from a written reply. Here:
   (0.5, the middle of the scale), counts the abstention, and marks the sample; it never invents a rating. A digit
   missing from a server's ``top_logprobs`` while others are present counts as probability 0 (it was not among the
   most likely tokens).
-* **Ensemble.** ``ensemble`` principles (drawn by weight without replacement, the same draw for every answer to one
-  prompt in one call, so a group of answers is compared under the same principles) are rated and their scores
-  averaged over those that did not abstain.
+* **Ensemble.** ``ensemble`` principles (drawn by weight without replacement, seeded by the optimizer step and the
+  prompt: the same draw for every answer to one prompt in one step, so a group of answers is compared under the same
+  principles, and the same draw when a killed run resumes) are rated and their scores averaged over those that did
+  not abstain.
 
 A rating is a single-answer question, so there is no position to swap; pairwise questions (``cai label``, the eval
 judge) are the ones asked in both orders.
@@ -142,10 +143,13 @@ class ConstitutionRater:
     last_stats: dict[str, float] = field(default_factory=dict)
     last_details: list[dict[str, Any]] = field(default_factory=list)
     last_seconds: float = 0.0
+    step: int | None = None
+    """The optimizer step being scored (set by the RL reward wrapper); keys the principle draws, so a resumed run
+    draws what an uninterrupted one would. ``None``: the number of calls so far."""
 
     def _principles(self, prompt: str) -> list[Principle]:
-        return draw_principles(self.constitution, random.Random(f"{self.seed}:{self.stats.calls}:{prompt}"),
-                               self.ensemble)
+        key = self.step if self.step is not None else self.stats.calls
+        return draw_principles(self.constitution, random.Random(f"{self.seed}:{key}:{prompt}"), self.ensemble)
 
     def rate(self, prompts: Sequence[str], answers: Sequence[str]) -> list[list[tuple[str, Rating]]]:
         """Every answer's ratings, one per principle drawn for its prompt: ``[[(principle id, Rating), ...], ...]``."""

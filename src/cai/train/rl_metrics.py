@@ -133,13 +133,15 @@ class RewardModelReward:
         msgs = [as_messages(p) for p in prompts]
         texts = [as_text(c).strip() for c in completions]
         kw = {"batch_size": self.batch_size} if self.batch_size else {}
+        # the optimizer step these completions feed (the trainer has finished ``global_step`` steps so far)
+        step = int(getattr(trainer_state, "global_step", self.calls) or 0) + 1
+        if hasattr(self.scorer, "step"):  # a labeler's draws are keyed by the step, so a resumed run draws the same
+            self.scorer.step = step
         rewards = [float(r) for r in self.scorer.score(msgs, texts, **kw)]
         users = [user_text(p) for p in prompts]
         refused = refusals(users, texts)
         metrics = completion_metrics(users, texts, refused=refused)
         gram, _ = most_widespread_ngram(texts, 3)
-        # the optimizer step these completions feed (the trainer has finished ``global_step`` steps so far)
-        step = int(getattr(trainer_state, "global_step", self.calls) or 0) + 1
         self.calls += 1
         self.last = {"step": step, "reward_mean": sum(rewards) / len(rewards) if rewards else math.nan,
                      "top_3gram": " ".join(gram) if gram else None, **metrics}
