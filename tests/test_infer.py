@@ -279,3 +279,25 @@ def test_embedded_model_end_to_end_on_a_small_synthetic_set(tmp_path):
     load_constitution(tmp_path / "o" / "constitution.yaml")
     again = run_infer(cfg)  # resumes from the cache: no new model call
     assert again["cache"]["misses"] == 0
+
+
+def test_no_surviving_candidate_is_a_clear_error_with_a_report(tmp_path):
+    from cai.errors import ModelError
+
+    def contrary(conv, option):  # a labeler that always takes the rejected side of every planted rule
+        q, a, b = _parts(conv)
+        pick = rule_preference(q, a, b)
+        return math.log(0.5) if pick is None else math.log(0.1 if option == pick else 0.9)
+
+    cfg = InferConfig(input="synthetic", out=str(tmp_path / "out"), proposer="fake", labeler="fake", synthetic_pairs=24)
+    def planted_only(conv):  # no decoys: every candidate is a planted rule, which this labeler contradicts
+        text = scripted_proposal(conv)
+        return " is shorter." if "polite" in text or "longer" in text else text
+
+    backend = FakeBackend(fn=planted_only, logprob_fn=contrary)
+    with pytest.raises(ModelError, match=r"no candidate principle passed .* no constitution agrees with 50\.0% of 6") as e:
+        run_infer(cfg, proposer=backend, labeler=backend, embed_fn=bag_of_words)
+    assert "--labeler" in e.value.fix
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "no constitution: no candidate passed" in md and "| with no constitution | 50.0% |" in md
+    assert not (tmp_path / "out" / "constitution.yaml").exists()

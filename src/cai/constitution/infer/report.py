@@ -24,20 +24,22 @@ def render_markdown(r: dict) -> str:
     ]
     h = r.get("heldout")
     if h:
+        c = h["constitution"]
         lines += [
             f"## Held-out agreement ({h['n']} test pairs, 95% intervals)",
             "",
             "| labeler | agreement with the labels | 95% interval |",
             "|---|---|---|",
-            f"| with the inferred constitution | {_pct(h['constitution']['agreement'])} | {_ci(h['constitution']['ci95'])} |",
+            (f"| with the inferred constitution | {_pct(c['agreement'])} | {_ci(c['ci95'])} |" if c else
+             "| with the inferred constitution | no constitution: no candidate passed | - |"),
             f"| with no constitution | {_pct(h['no_constitution']['agreement'])} | {_ci(h['no_constitution']['ci95'])} |",
             f"| chance | 50.0% | {_ci(h['chance']['ci95'])} (a coin on {h['n']} pairs) |",
             "",
-            f"Difference, constitution minus no constitution: {100 * h['difference']['value']:+.1f} points "
-            f"{_ci(h['difference']['ci95'])}. Validation agreement of the selected set: {_pct(h['validation_agreement'])}.",
-            "Intervals are percentile bootstraps over pairs; a tie or an abstention counts as half agreement.",
-            "",
         ]
+        if c:
+            lines += [f"Difference, constitution minus no constitution: {100 * h['difference']['value']:+.1f} points "
+                      f"{_ci(h['difference']['ci95'])}. Validation agreement of the selected set: {_pct(h['validation_agreement'])}."]
+        lines += ["Intervals are percentile bootstraps over pairs; a tie or an abstention counts as half agreement.", ""]
     if r.get("selection_fallback"):
         lines += ["No kept candidate raised validation agreement above 50%: the constitution holds the candidate with "
                   "the best training accuracy only.", ""]

@@ -55,6 +55,22 @@ def _interval(scores: list[float], cfg: InferConfig) -> list[float] | None:
     return None if ci is None else [ci[0], ci[1]]
 
 
+def _heldout(const_p: list[float | None] | None, plain_p: list[float | None], cfg: InferConfig) -> dict:
+    """Agreement with the labels on the test split: constitution (when there is one), no constitution, a coin."""
+    n = len(plain_p)
+    plain_s = pair_scores(plain_p)
+    half = 1.96 * math.sqrt(0.25 / n)
+    h: dict = {"n": n, "constitution": None,
+               "no_constitution": {"agreement": agreement(plain_p), "ci95": _interval(plain_s, cfg)},
+               "chance": {"agreement": 0.5, "ci95": [max(0.0, 0.5 - half), min(1.0, 0.5 + half)]}, "difference": None}
+    if const_p is not None:
+        const_s = pair_scores(const_p)
+        diffs = [a - b for a, b in zip(const_s, plain_s)]
+        h["constitution"] = {"agreement": agreement(const_p), "ci95": _interval(const_s, cfg)}
+        h["difference"] = {"value": mean(diffs), "ci95": _interval(diffs, cfg)}
+    return h
+
+
 def _load_pairs(cfg: InferConfig, out: Path) -> list[Pair]:
     if cfg.input == "synthetic":
         pairs = make_pairs(cfg.synthetic_pairs, seed=cfg.seed)
@@ -112,28 +128,20 @@ def run_infer(cfg: InferConfig, *, proposer: Backend | None = None, labeler: Bac
     report: dict = {"input": cfg.input, "pairs": len(pairs), "splits": {"train": len(train), "validation": len(val), "test": len(test)},
                     "proposer": prop.label, "labeler": lab.label, "proposals": len(proposals), "unusable_proposals": unusable,
                     "candidates": candidates, "selection_steps": steps, "selection_fallback": fallback}
-    if not chosen:
+    if not chosen:  # still measure the labeler with no constitution, so the report says how hard the labels are
+        plain = preference_matrix(lab, [PLAIN_QUESTION], test)[0]
+        report["heldout"] = _heldout(None, plain, cfg)
         report.update(cache={"hits": cache.hits, "misses": cache.misses}, seconds=round(time.monotonic() - t0, 1), principles=[])
         write_json(out / "report.json", report)
         atomic_write_text(out / "report.md", render_markdown(report))
-        raise ModelError(f"no candidate principle passed the test on the training split ({len(candidates)} tested); "
-                         f"see {out / 'report.md'}",
+        raise ModelError(f"no candidate principle passed the test on the training split ({len(candidates)} tested; "
+                         f"the labeler with no constitution agrees with {100 * agreement(plain):.1f}% of {len(test)} "
+                         f"held-out labels); see {out / 'report.md'}",
                          fix="give more pairs, a stronger proposer or labeler (--proposer/--labeler), or lower --min-relevance.")
 
     test_rows = preference_matrix(lab, [questions[i] for i in chosen] + [PLAIN_QUESTION], test)
-    const_p = combined(test_rows[:-1])
-    plain_p = test_rows[-1]
-    const_s, plain_s = pair_scores(const_p), pair_scores(plain_p)
-    half = 1.96 * math.sqrt(0.25 / len(test))
-    diffs = [a - b for a, b in zip(const_s, plain_s)]
-    report["heldout"] = {
-        "n": len(test),
-        "constitution": {"agreement": agreement(const_p), "ci95": _interval(const_s, cfg)},
-        "no_constitution": {"agreement": agreement(plain_p), "ci95": _interval(plain_s, cfg)},
-        "chance": {"agreement": 0.5, "ci95": [max(0.0, 0.5 - half), min(1.0, 0.5 + half)]},
-        "difference": {"value": mean(diffs), "ci95": _interval(diffs, cfg)},
-        "validation_agreement": agreement(combined([val_rows[k] for k in chosen_keys])),
-    }
+    report["heldout"] = _heldout(combined(test_rows[:-1]), test_rows[-1], cfg)
+    report["heldout"]["validation_agreement"] = agreement(combined([val_rows[k] for k in chosen_keys]))
     taken: set[str] = set()
     principles, notes, listed = [], {}, []
     for i, row in zip(chosen, test_rows):
