@@ -298,7 +298,7 @@ def test_report_compares_reward_model_direct_and_preference_only_routes(tmp_path
     _manifest(rm / "rl", {"algorithm": "grpo", "reward": {"source": "model"}, "training": {"seconds_this_session": 60.0}})
     _manifest(rm / "pairs", {"timing": {"seconds_this_session": 10.0}})
     _manifest(rm / "label", {"timing": {"seconds_this_session": 20.0}, "accounting": {"labeler": {"calls": 3}},
-                             "tokens": {"backend_stats": {"requests": 48}}})
+                             "labels": {"n": 12}, "config": {"ensemble": 2}})
     _manifest(rm / "reward", {"training": {"seconds_this_session": 30.0}})
     _manifest(rm / "dpo", {"training": {"seconds_this_session": 40.0}})
     _manifest(direct / "rl", {"algorithm": "grpo", "training": {"seconds_this_session": 90.0},

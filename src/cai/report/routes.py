@@ -46,15 +46,14 @@ def _seconds(m: dict[str, Any] | None) -> float | None:
 
 
 def _label_cost(m: dict[str, Any] | None) -> tuple[int | None, int | None]:
-    """(batched calls, questions) of the label stage's labeler."""
+    """(batched calls, questions) of the label stage's labeler: questions = comparisons x 2 orders x principles."""
     if not m:
         return None, None
-    acc = (m.get("accounting") or {}).get("labeler") or {}
-    calls = acc.get("calls")
-    if calls is None:
-        calls = ((m.get("tokens") or {}).get("backend_stats") or {}).get("calls")
-    raw = ((m.get("tokens") or {}).get("backend_stats") or {})
-    return calls, raw.get("requests")
+    raw = (m.get("tokens") or {}).get("backend_stats") or {}
+    calls = ((m.get("accounting") or {}).get("labeler") or {}).get("calls", raw.get("calls"))
+    n = (m.get("labels") or {}).get("n")
+    ensemble = (m.get("config") or {}).get("ensemble", 1)
+    return calls, (int(n) * 2 * int(ensemble) if isinstance(n, int) else raw.get("requests"))
 
 
 def _route(model_path: str) -> dict[str, Any]:
