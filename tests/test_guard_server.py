@@ -321,6 +321,21 @@ def test_window_streaming_checks_each_window_before_sending_it(env):
     assert e.value.status_code == 502
 
 
+def test_window_stream_dropped_by_the_caller_is_still_audited_once(env):
+    body = {"model": "win", "stream": True, "messages": ask("a long question " * 5),
+            "guardrails": {"stream_mode": "window"}}
+    with httpx.stream("POST", env["url"] + "/v1/chat/completions", json=body,
+                      headers={"Authorization": f"Bearer {ALICE}"}) as r:
+        rid = r.headers["x-request-id"]
+        next(r.iter_lines())  # read the first event, then hang up
+    deadline = time.monotonic() + 10
+    while rid not in audit_by_id(env) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.3)
+    (rec,) = audit_by_id(env)[rid]
+    assert rec["stream_mode"] == "window" and "disconnected" in rec["error"]
+
+
 def test_auth_401_and_the_key_never_logged(env, caplog):
     caplog.set_level(logging.DEBUG)
     for key in ("cai-not-a-real-key-000000", ""):

@@ -57,6 +57,10 @@ def serve(
     max_body_bytes: Optional[int] = typer.Option(None, help="Largest request body (HTTP 413 above) [default: 1 MiB]"),
     max_prompt_tokens: Optional[int] = typer.Option(None, help="Largest conversation in estimated tokens (413 above) [default: 8192]"),
     max_completion_tokens: Optional[int] = typer.Option(None, help="Largest max_tokens a request may ask (413 above) [default: 2048]"),
+    stream_mode: Optional[str] = typer.Option(None, "--stream-mode", help="Streaming default: hold (check, then "
+                                              "send) or window (send a streaming upstream's text window by window, "
+                                              "each after a check) [default: hold]"),
+    window_chars: Optional[int] = typer.Option(None, "--window-chars", help="window mode: characters per checked window [default: 200]"),
     cors_origin: Optional[list[str]] = typer.Option(None, "--cors-origin", help="Allow this browser origin (repeatable; default: CORS off)"),
     config: Optional[str] = typer.Option(None, "--config", help="YAML file of server settings (flags override it)"),
 ) -> None:
@@ -72,6 +76,7 @@ def serve(
         "default_policy": default_policy, "audit_path": audit, "audit_content": audit_content, "workers": workers,
         "request_timeout_s": timeout, "max_body_bytes": max_body_bytes, "max_prompt_tokens": max_prompt_tokens,
         "max_completion_tokens": max_completion_tokens, "cors_origins": cors_origin or None,
+        "stream_mode": stream_mode, "window_chars": window_chars,
     })
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     run_server(cfg)

@@ -27,7 +27,7 @@ from cai.guard.audit import AuditLog
 from cai.guard.auth import KeyStore, bearer_key
 from cai.guard.metrics import GuardMetrics
 from cai.guard.server import GuardService, Policy, UpstreamError
-from cai.guard.streaming import WindowStream, hold_chunks, upstream_deltas
+from cai.guard.streaming import ClosingStreamingResponse, WindowStream, hold_chunks, upstream_deltas
 from cai.guard.types import CheckResult, GuardResult
 from cai.guard.wire import ApiError, ChatRequest, CheckRequest, estimate_tokens, parse_body, plain_messages
 
@@ -333,7 +333,7 @@ def create_app(service: GuardService, *, keys: KeyStore | None, audit: AuditLog,
         await stream.prime()
         ctx.deferred = True
         headers = {"x-request-id": ctx.id, "x-guard-policy-hash": policy.hash, "cache-control": "no-cache"}
-        return finish(ctx, 200, StreamingResponse(stream, media_type="text/event-stream", headers=headers))
+        return finish(ctx, 200, ClosingStreamingResponse(stream, media_type="text/event-stream", headers=headers))
 
     async def check(request: Request, ctx: _Ctx) -> Any:
         key_default = authenticate(request, ctx)

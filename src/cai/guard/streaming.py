@@ -19,6 +19,7 @@ import time
 from typing import Any, AsyncIterator, Awaitable, Callable
 
 import httpx
+from starlette.responses import StreamingResponse
 
 from cai.backends.spec import ModelSpec
 from cai.guard.server import UpstreamError
@@ -111,7 +112,7 @@ class WindowStream:
 
     ``prime()`` reads and checks the first window before the HTTP response starts, so an upstream that fails at once
     still gets a 502/504 status. ``on_done(summary)`` is called exactly once: when the stream ends, fails, or is
-    dropped by a caller that went away (then from the finalizer).
+    dropped by a caller that went away (then from :meth:`aclose`, which :class:`ClosingStreamingResponse` calls).
     """
 
     def __init__(self, *, deltas: AsyncIterator[str], check: Callable[[str], Awaitable[CheckResult]], decide: Decide,
@@ -222,9 +223,26 @@ class WindowStream:
                 self._queue += [f"data: {json.dumps(err)}\n\n".encode(), DONE]
         return self._queue.pop(0)
 
-    def __del__(self) -> None:  # a caller that disconnected: the record is still written, once
+    async def aclose(self) -> None:
+        """End of the response, however it ended: a caller that went away still gets its record, once."""
         if self._on_done is not None:
+            self._done("the caller disconnected before the end of the stream")
+        aclose = getattr(self._deltas, "aclose", None)
+        if aclose is not None:
             try:
-                self._done("the caller disconnected before the end of the stream")
-            except Exception:  # noqa: BLE001 - never raise from a finalizer
+                await aclose()  # closes the upstream connection
+            except BaseException:  # noqa: BLE001 - a cancelled close leaves the connection to the GC
                 pass
+
+
+class ClosingStreamingResponse(StreamingResponse):
+    """A streaming response that always calls its iterator's ``aclose()`` when it ends, also when the caller
+    disconnected or the task was cancelled (a plain one just stops iterating)."""
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            aclose = getattr(self.body_iterator, "aclose", None)
+            if aclose is not None:
+                await aclose()
