@@ -39,7 +39,8 @@ def render_markdown(r: dict) -> str:
         if c:
             lines += [f"Difference, constitution minus no constitution: {100 * h['difference']['value']:+.1f} points "
                       f"{_ci(h['difference']['ci95'])}. Validation agreement of the selected set: {_pct(h['validation_agreement'])}."]
-        lines += ["Intervals are percentile bootstraps over pairs; a tie or an abstention counts as half agreement.", ""]
+        lines += ["Agreement intervals are Wilson intervals (a tie or an abstention counts as half an agreement); the "
+                  "difference's is a paired percentile bootstrap over pairs.", ""]
     if r.get("selection_fallback"):
         lines += ["No kept candidate raised validation agreement above 50%: the constitution holds the candidate with "
                   "the best training accuracy only.", ""]

@@ -35,7 +35,7 @@ from cai.constitution.infer.yamlout import write_constitution
 from cai.constitution.schema import Constitution
 from cai.data.io import atomic_write_text, write_json
 from cai.errors import ModelError
-from cai.evaluate.stats import bootstrap_ci, mean
+from cai.evaluate.stats import bootstrap_ci, mean, wilson
 
 
 def split(pairs: list[Pair], cfg: InferConfig) -> tuple[list[Pair], list[Pair], list[Pair]]:
@@ -51,8 +51,15 @@ def split(pairs: list[Pair], cfg: InferConfig) -> tuple[list[Pair], list[Pair], 
 
 
 def _interval(scores: list[float], cfg: InferConfig) -> list[float] | None:
+    """Paired bootstrap interval of a mean (used for the difference of two labelers)."""
     ci = bootstrap_ci(scores, mean, n=cfg.bootstrap, seed=cfg.seed)
     return None if ci is None else [ci[0], ci[1]]
+
+
+def _rate_interval(scores: list[float]) -> list[float]:
+    """Wilson interval of an agreement rate; a tie counts as half an agreement."""
+    lo, hi = wilson(sum(scores), len(scores))  # type: ignore[arg-type]  # a half-count is a valid proportion
+    return [lo, hi]
 
 
 def _heldout(const_p: list[float | None] | None, plain_p: list[float | None], cfg: InferConfig) -> dict:
@@ -61,12 +68,12 @@ def _heldout(const_p: list[float | None] | None, plain_p: list[float | None], cf
     plain_s = pair_scores(plain_p)
     half = 1.96 * math.sqrt(0.25 / n)
     h: dict = {"n": n, "constitution": None,
-               "no_constitution": {"agreement": agreement(plain_p), "ci95": _interval(plain_s, cfg)},
+               "no_constitution": {"agreement": agreement(plain_p), "ci95": _rate_interval(plain_s)},
                "chance": {"agreement": 0.5, "ci95": [max(0.0, 0.5 - half), min(1.0, 0.5 + half)]}, "difference": None}
     if const_p is not None:
         const_s = pair_scores(const_p)
         diffs = [a - b for a, b in zip(const_s, plain_s)]
-        h["constitution"] = {"agreement": agreement(const_p), "ci95": _interval(const_s, cfg)}
+        h["constitution"] = {"agreement": agreement(const_p), "ci95": _rate_interval(const_s)}
         h["difference"] = {"value": mean(diffs), "ci95": _interval(diffs, cfg)}
     return h
 
