@@ -36,6 +36,8 @@ class StubServer:
         self.delay_fn: Callable[[dict], float] | None = None
         self.top_logprobs: list[tuple[str, float]] | None = None
         self.reject_fields: set[str] = set()
+        #: What ``POST /tokenize`` (vLLM's route, beside /v1) answers: text -> token ids; None: no such route (404).
+        self.token_ids: dict[str, list[int]] | None = {"<|im_end|>": [2]}
         self.reject_status = 400
         self.answer_model: str | None = None
         self.requests: list[dict] = []
@@ -179,6 +181,11 @@ def _make_handler(server: StubServer) -> type[BaseHTTPRequestHandler]:
         def do_POST(self) -> None:  # noqa: N802
             length = int(self.headers.get("Content-Length") or 0)
             raw = self.rfile.read(length)
+            if self.path == "/tokenize" and server.token_ids is not None:
+                text = json.loads(raw).get("prompt", "")
+                toks = server.token_ids.get(text, [7, 8])
+                self._send(200, {"count": len(toks), "tokens": toks, "max_model_len": 4096})
+                return
             if self.path != "/v1/chat/completions":
                 self._send(404, {"error": {"message": f"no route {self.path}"}})
                 return

@@ -276,6 +276,40 @@ def test_repetition_penalty_is_sent_as_extension_field(server, make_backend):
     assert b.stats.not_applied == {} and "not_applied" not in b.describe()
 
 
+def test_repetition_penalty_comes_with_an_end_of_turn_offset(server, make_backend):
+    # vLLM also penalizes the prompt's tokens, the end-of-turn token included: a logit bias gives back what dividing
+    # a logit of end_of_turn_logit by the penalty takes away.
+    b = make_backend()
+    b.generate([conv("a"), conv("b")], GenParams(repetition_penalty=1.25))
+    assert [p["logit_bias"] for p in server.requests] == [{"2": 4.0}, {"2": 4.0}]  # 20 * (1 - 1/1.25)
+    assert b.describe()["repetition_penalty_end_of_turn_offset"]["id"] == 2
+    server.requests.clear()
+    b.generate([conv("c")], GenParams())  # no penalty, no offset
+    assert "logit_bias" not in server.requests[0] and "repetition_penalty" not in server.requests[0]
+
+
+def test_end_of_turn_offset_off_or_unresolvable_is_reported(server, make_backend):
+    off = make_backend(end_of_turn="")
+    off.generate([conv("a")], GenParams(repetition_penalty=1.3))
+    assert "logit_bias" not in server.requests[-1] and off.stats.not_applied == {}
+    server.token_ids = None  # a server without /tokenize
+    b = make_backend()
+    out = b.generate([conv("a"), conv("b")], GenParams(repetition_penalty=1.3))
+    assert [c.text for c in out] == ["echo: a", "echo: b"]
+    assert "logit_bias" not in server.requests[-1] and server.requests[-1]["repetition_penalty"] == 1.3
+    assert "not offset" in b.describe()["not_applied"]["repetition_penalty_end_of_turn_offset"]
+
+
+def test_rejected_logit_bias_falls_back_and_keeps_the_penalty(server, make_backend):
+    server.reject_fields = {"logit_bias"}
+    b = make_backend(max_concurrency=1)
+    out = b.generate([conv("a"), conv("b")], GenParams(repetition_penalty=1.3))
+    assert [c.text for c in out] == ["echo: a", "echo: b"]
+    assert all(p["repetition_penalty"] == 1.3 for p in server.requests)
+    assert all("logit_bias" not in p for p in server.requests[1:])
+    assert "rejected `logit_bias`" in b.stats.not_applied["repetition_penalty_end_of_turn_offset"]
+
+
 @pytest.mark.parametrize("status", [400, 422])
 def test_rejected_repetition_penalty_falls_back_once_and_is_recorded(server, make_backend, status):
     server.reject_fields = {"repetition_penalty"}

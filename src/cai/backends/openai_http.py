@@ -19,6 +19,7 @@ OPTIONAL_FIELDS = {
     "continue_final_message": "assistant_prefill",
     "add_generation_prompt": "assistant_prefill",
     "seed": "seed",
+    "logit_bias": "repetition_penalty_end_of_turn_offset",
 }
 FIELD_RE = {f: re.compile(rf"\b{f}\b") for f in OPTIONAL_FIELDS}
 

@@ -80,6 +80,8 @@ def _openai(spec: ModelSpec) -> Backend:
         max_concurrency=spec.max_concurrency,
         timeout_s=spec.timeout_s,
         max_retries=spec.max_retries,
+        end_of_turn=spec.end_of_turn,
+        end_of_turn_logit=spec.end_of_turn_logit,
     )
 
 

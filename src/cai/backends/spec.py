@@ -48,6 +48,16 @@ class ModelSpec(BaseModel):
     max_concurrency: int = Field(default=8, ge=1, description="openai: requests in flight at once")
     timeout_s: float = Field(default=120.0, gt=0, description="openai: per-request timeout in seconds")
     max_retries: int = Field(default=4, ge=0, description="openai: retries on timeouts, 429 and 5xx")
+    end_of_turn: str = Field(
+        default="<|im_end|>",
+        description="openai: the served chat template's end-of-turn token; with repetition_penalty > 1 it gets a "
+        "logit bias that offsets the penalty vLLM also puts on prompt tokens ('' turns the offset off)",
+    )
+    end_of_turn_logit: float = Field(
+        default=20.0, ge=0,
+        description="openai: typical logit of the end-of-turn token where the model ends its answer; the offset is "
+        "this times (1 - 1/repetition_penalty)",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -66,7 +76,8 @@ class ModelSpec(BaseModel):
 
     def key(self) -> tuple:
         """Two roles with equal keys share one loaded model."""
-        return (self.backend, self.model, self.base_url, self.device, self.dtype)
+        return (self.backend, self.model, self.base_url, self.device, self.dtype, self.end_of_turn,
+                self.end_of_turn_logit)
 
     def label(self) -> str:
         if self.backend == "openai":
