@@ -138,6 +138,7 @@ def run_infer(cfg: InferConfig, *, proposer: Backend | None = None, labeler: Bac
     if not chosen:  # still measure the labeler with no constitution, so the report says how hard the labels are
         plain = preference_matrix(lab, [PLAIN_QUESTION], test)[0]
         report["heldout"] = _heldout(None, plain, cfg)
+        report["heldout"]["pairs"] = {pr.id: {"no_constitution": x} for pr, x in zip(test, plain)}
         report.update(cache={"hits": cache.hits, "misses": cache.misses}, seconds=round(time.monotonic() - t0, 1), principles=[])
         write_json(out / "report.json", report)
         atomic_write_text(out / "report.md", render_markdown(report))
@@ -148,6 +149,8 @@ def run_infer(cfg: InferConfig, *, proposer: Backend | None = None, labeler: Bac
 
     test_rows = preference_matrix(lab, [questions[i] for i in chosen] + [PLAIN_QUESTION], test)
     report["heldout"] = _heldout(combined(test_rows[:-1]), test_rows[-1], cfg)
+    report["heldout"]["pairs"] = {pr.id: {"constitution": c, "no_constitution": x}  # p(preferred answer) per test pair
+                                  for pr, c, x in zip(test, combined(test_rows[:-1]), test_rows[-1])}
     report["heldout"]["validation_agreement"] = agreement(combined([val_rows[k] for k in chosen_keys]))
     taken: set[str] = set()
     principles, notes, listed = [], {}, []
