@@ -32,6 +32,8 @@ import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# One intra-op thread unless told otherwise: on a shared small machine torch's spinning workers make every step slower.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 PRINCIPLES = ["harmless-overall", "no-violence-uplift", "answer-benign-requests"]
 
@@ -65,7 +67,7 @@ def loop_baseline(backend, const, principles, messages, answer, max_new_tokens):
     return answer, calls
 
 
-def latency_part(guard, cascade, prompts: list[str], max_new_tokens: int) -> dict:
+def latency_part(guard, cascade, prompts: list[str], max_new_tokens: int, loop: bool = True) -> dict:
     backend = guard.policy_model
     rows = []
     for text in prompts:
@@ -80,7 +82,9 @@ def latency_part(guard, cascade, prompts: list[str], max_new_tokens: int) -> dic
         res_c = cascade.apply(msgs, answer)
         cascade_ms = gen_ms + (time.perf_counter() - t0) * 1000
         t0 = time.perf_counter()
-        _, loop_calls = loop_baseline(backend, guard.constitution, guard.principles, msgs, answer, max_new_tokens)
+        loop_calls = 0
+        if loop:
+            _, loop_calls = loop_baseline(backend, guard.constitution, guard.principles, msgs, answer, max_new_tokens)
         loop_ms = gen_ms + (time.perf_counter() - t0) * 1000
         rows.append({"prompt": text[:60], "bare_ms": round(gen_ms, 1), "guard_ms": round(guard_ms, 1), "cascade_ms": round(cascade_ms, 1),
                      "loop_ms": round(loop_ms, 1), "cascade_calls": 1 + res_c.model_calls, "cascade_outcome": res_c.outcome,
@@ -104,7 +108,7 @@ def latency_part(guard, cascade, prompts: list[str], max_new_tokens: int) -> dic
         "bare": stats("bare_ms") | {"calls_per_request": 1.0},
         "guard": stats("guard_ms") | {"calls_per_request": statistics.mean(r["guard_calls"] for r in rows)},
         "cascade": stats("cascade_ms") | {"calls_per_request": statistics.mean(r["cascade_calls"] for r in rows)},
-        "loop": stats("loop_ms") | {"calls_per_request": statistics.mean(r["loop_calls"] for r in rows)},
+        "loop": (stats("loop_ms") | {"calls_per_request": statistics.mean(r["loop_calls"] for r in rows)}) if loop else None,
         "overhead_ratio_p50_unflagged": ratio("guard_ms", "outcome"),
         "cascade_overhead_ratio_p50_unflagged": ratio("cascade_ms", "cascade_outcome"),
         "unflagged_requests": sum(r["outcome"] == "pass" for r in rows),
@@ -179,6 +183,7 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=24, help="tokens per answer, critique and revision")
     ap.add_argument("--principles", default=",".join(PRINCIPLES), help="comma-separated principle ids, or 'all'")
     ap.add_argument("--eval-limit", type=int, default=4, help="eval prompts per set checked by the model (0: skip)")
+    ap.add_argument("--skip-loop", action="store_true", help="leave out the per-principle loop baseline (it is slow)")
     ap.add_argument("--injections", action="store_true",
                     help="also count verdict flips on the shipped injection set with the checker model")
     args = ap.parse_args()
@@ -206,13 +211,14 @@ def main() -> None:
     cascade = Guard(GuardConfig(**base, prefilter={"kind": "embedding"}), pool=pool)
     cascade.check([{"role": "user", "content": "warm up"}], "ok")  # embeds the reference prompts once
     t0 = time.perf_counter()
-    report["latency"] = latency_part(guard, cascade, prompts, args.max_new_tokens)
+    report["latency"] = latency_part(guard, cascade, prompts, args.max_new_tokens, loop=not args.skip_loop)
     lat = report["latency"]
+    loop = lat["loop"] or {"p50": "-", "p95": "-", "calls_per_request": float("nan")}
     print(f"p50/p95 ms  bare {lat['bare']['p50']}/{lat['bare']['p95']}  guard {lat['guard']['p50']}/{lat['guard']['p95']}"
-          f"  loop {lat['loop']['p50']}/{lat['loop']['p95']}")
+          f"  loop {loop['p50']}/{loop['p95']}")
     print(f"  cascade (embedding first stage) {lat['cascade']['p50']}/{lat['cascade']['p95']}")
     print(f"calls/request  bare 1  guard {lat['guard']['calls_per_request']:.2f}  cascade "
-          f"{lat['cascade']['calls_per_request']:.2f}  loop {lat['loop']['calls_per_request']:.2f}")
+          f"{lat['cascade']['calls_per_request']:.2f}  loop {loop['calls_per_request']:.2f}")
     print(f"overhead at p50 when nothing is flagged: guard {lat['overhead_ratio_p50_unflagged']}, cascade "
           f"{lat['cascade_overhead_ratio_p50_unflagged']} (goal <= 1.3)")
     if args.eval_limit > 0:
