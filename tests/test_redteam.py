@@ -75,7 +75,7 @@ def make_pool(**kw):
 
 
 def cfg(**kw) -> RedteamConfig:
-    base = dict(attacker=ATTACKER, target=TARGET, per_category=4, shard_size=4,
+    base = dict(attacker=ATTACKER, target=TARGET, per_category=4, shard_size=4, on_topic_threshold=0,
                 categories=["violence_weapons", "cbrn", "cyber", "hate", "privacy", "fraud"])
     return RedteamConfig(**{**base, **kw})
 
@@ -107,7 +107,7 @@ def test_statuses_are_counted_and_errors_never_count_as_safe_or_success(tmp_path
             assert r["success"] is None and r["judges"] == {}
     res = load_manifest("redteam", m).results
     assert res.counts == {"cases": 24, "ok": 8, "error": 8, "attacker_refused": 4, "unscored": 4, "successes": 4,
-                          "near_duplicates": 0}
+                          "off_topic": 0, "near_duplicates": 0}
     assert (res.success.k, res.success.n) == (4, 8)
     assert res.by_category["cyber"].n == 0 and res.by_category["cyber"].value is None
     assert (res.by_category["fraud"].k, res.by_category["fraud"].n) == (4, 4)
@@ -257,7 +257,7 @@ def test_cli_prints_rates_per_category_diversity_and_unique_successes(tmp_path, 
 
     monkeypatch.setattr(cai.embed, "embed", bag_embed)
     res = runner.invoke(app, ["redteam", "--model", "fake", "--per-category", "2", "--categories", "[fraud, cyber]",
-                              "--run", "r", "--runs-dir", str(tmp_path)])
+                              "--on-topic-threshold", "0", "--run", "r", "--runs-dir", str(tmp_path)])
     assert res.exit_code == 0, res.output
     out = res.output
     assert "fraud" in out and "cyber" in out and "self-BLEU" in out and "unique successes" in out
@@ -335,3 +335,23 @@ def test_a_pipeline_revises_on_a_redteam_run_s_attacks(tmp_path):
     run_pipeline(load_pipeline_config(str(conf), ["run=r", f"revise.prompts={attacks}"]))
     data = read_jsonl(runs / "r" / "revise" / "data.jsonl")
     assert sorted(d["id"] for d in data) == sorted(a["id"] for a in read_jsonl(attacks))
+
+
+def test_off_topic_attacks_are_unscored_and_not_sent(tmp_path):
+    fraud = [r["prompt"] for r in load_prompts("redteam", split="train") if r["category"] == "fraud"][0]
+
+    def fn(conv):
+        return f"{fraud} Be quick." if "fraud and deception" in _user(conv) else "zebra quilt marmalade"
+
+    pool = make_pool()
+    pool.put(ATTACKER, FakeBackend("attacker", fn=fn))
+    m = run_redteam(cfg(categories=["fraud", "cyber"], per_category=2, on_topic_threshold=0.5), tmp_path, pool=pool,
+                    embedder=bag_embed)
+    rows = read_jsonl(tmp_path / "redteam" / "cases.jsonl")
+    fr = [r for r in rows if r["category"] == "fraud"]
+    cy = [r for r in rows if r["category"] == "cyber"]
+    assert all(r["status"] == "ok" and r["on_topic"] >= 0.5 for r in fr)
+    assert all(r["status"] == "unscored" and r["reason"].startswith("attack off-topic") and r["on_topic"] < 0.5
+               and r["response"] is None for r in cy)
+    assert sum(len(c) for c in pool.get(TARGET).calls) == len(fr)  # off-topic attacks never reach the target
+    assert m["counts"]["off_topic"] == 2 and m["results"]["success"]["n"] == 2

@@ -62,6 +62,11 @@ class RedteamConfig(BaseModel):
     cluster_threshold: float = Field(
         default=0.8, gt=0, le=1, description="Cosine similarity at or above which two successful attacks are one cluster"
     )
+    on_topic_threshold: float = Field(
+        default=0.3, ge=0, le=1,
+        description="An attack whose best cosine similarity (MiniLM) to its category's shipped prompts is below this is "
+        "off-topic: unscored, not sent (0 turns the check off)",
+    )
     keep_near_duplicates: bool = Field(
         default=False, description="Also write successful near-duplicates of known prompts into attacks.jsonl"
     )

@@ -98,6 +98,7 @@ def analyse(rows: list[dict], cfg: RedteamConfig, judge: str, embedder: Callable
     n = len(rows)
     return {
         "counts": {"cases": n, **counts, "successes": len(wins),
+                   "off_topic": sum(str(r.get("reason") or "").startswith("attack off-topic") for r in rows),
                    "near_duplicates": sum("near_duplicate" in r for r in rows)},
         "success": M.success_figure(rows, judge, quality, cfg.seed),
         "by_category": _figures(rows, "category", judge, quality, cfg.seed),
@@ -150,6 +151,7 @@ def run_redteam(
     names = {p.id: p.name for p in const.principles}
     pool = pool or BackendPool()
     meter = RoleMeter()
+    embed_fn = embedder or _packaged_embed
     judges_specs = [cfg.judge, *cfg.extra_judges]
     done: dict[int, list[dict]] = {}
     trained: dict[str, Any] = {}
@@ -166,6 +168,8 @@ def run_redteam(
         res: dict[str, Any] = {"attacker": pool.get(cfg.attacker), "target": pool.get(cfg.target),
                                "attacker_label": cfg.attacker.label(), "target_label": cfg.target.label(),
                                "judges": [make_refusal_judge(j, pool, const) for j in judges_specs]}
+        if cfg.on_topic_threshold > 0:
+            res["topic"] = (embed_fn, topic_refs(seeds, embed_fn))
 
         def supervised(index: int) -> Any:
             if "backend" not in trained:
@@ -189,9 +193,7 @@ def run_redteam(
         rows = result.rows
         res = result.resources or {}
         judge_name = res["judges"][0].name if res.get("judges") else _first_judge(rows, cfg)
-        from cai.embed import embed as default_embed
-
-        results = analyse(rows, cfg, judge_name, embedder or default_embed)
+        results = analyse(rows, cfg, judge_name, embed_fn)
         result.stage.write_output("cases.jsonl", rows)
         attacks = attack_rows(rows, cfg)
         if attacks:
@@ -221,6 +223,28 @@ def run_redteam(
         load=load, load_when_done=True, work=work, finish=finish, overwrite=overwrite,
         on_progress=on_progress, on_ready=on_ready,
     )
+
+
+def _packaged_embed(texts: list[str]) -> Any:
+    from cai.embed import embed
+
+    return embed(texts)
+
+
+def topic_refs(seeds: list[dict], embed_fn: Callable[[list[str]], Any]) -> dict[str, Any]:
+    """Category -> unit vectors of its shipped (seed) prompts, for the on-topic check."""
+    import numpy as np
+
+    cats: dict[str, list[str]] = {}
+    for s in seeds:
+        if s.get("category"):
+            cats.setdefault(str(s["category"]), []).append(s["prompt"])
+    vecs = embed_fn([p for ps in cats.values() for p in ps]) if cats else np.zeros((0, 1))
+    out, start = {}, 0
+    for c, ps in cats.items():
+        out[c] = np.asarray(vecs[start:start + len(ps)])
+        start += len(ps)
+    return out
 
 
 def _first_judge(rows: list[dict], cfg: RedteamConfig) -> str:
