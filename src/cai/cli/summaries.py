@@ -236,7 +236,8 @@ def redteam(stage_dir: Path, m: Any, done_before: bool = False) -> None:
               + (f"{stage_dir / 'attacks.jsonl'} ({c.get('attacks_written', 0)} successful attacks)"
                  if c.get("attacks_written") else "none written (no successful attack)"))
     out.print(f"  cases {c['cases']}: ok {c['ok']}, attacker refused {c['attacker_refused']}, error {c['error']}, "
-              f"unscored {c['unscored']}; near-duplicates of known prompts {c['near_duplicates']}")
+              f"unscored {c['unscored']} (off-topic attacks {c.get('off_topic', 0)}); near-duplicates of known prompts "
+              f"{c['near_duplicates']}")
     q = (r.judge or {}).get("quality")
     judged = f"judge {r.judge.get('name')}" + (
         f" (held-out: refusal precision {100 * q['refusal_precision']:.1f}%, recall {100 * q['refusal_recall']:.1f}%; "
