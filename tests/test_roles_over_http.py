@@ -35,9 +35,11 @@ def test_revise_critic_and_reviser_on_a_server_from_one_config_line(server, tmp_
     r = subprocess.run([CAI, "revise", "-c", str(cfg), "--run", "r", "--runs-dir", str(tmp_path)],
                        capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 0, r.stderr
-    # 3 critiques + 3 revisions went over HTTP; the policy (fake) answered locally.
-    assert server.chat_hits == 6
-    first = server.requests[0]
+    # 3 critiques + 3 revisions went over HTTP, after one one-token probe for the answer-penalty plugin; the policy
+    # (fake) answered locally.
+    assert server.chat_hits == 7
+    probe, first = server.requests[0], server.requests[1]
+    assert probe["max_tokens"] == 1 and probe["vllm_xargs"] == {"answer_repetition_penalty": 0.5}
     assert first["model"] == "stub-model" and first["messages"][-1]["content"].startswith("Critique request:")
     rows = [json.loads(x) for x in (tmp_path / "r" / "revise" / "data.jsonl").read_text().splitlines()]
     red = [x for x in rows if x["kind"] == "redteam"]

@@ -19,15 +19,9 @@ Sampling parameters (every :class:`~cai.backends.base.GenParams` field reaches t
 * ``max_new_tokens`` -> ``max_tokens``; ``temperature``, ``top_p`` and ``stop`` as they are.
 * seeds are per request: request ``i`` of a call gets ``seed = params.seed_for(i)`` (derived from the call's seed),
   so K samples of one prompt differ and a rerun repeats them; with ``seed=None`` no seed is sent.
-* ``repetition_penalty`` (when not 1) is sent as the extension field of that name (vLLM, llama.cpp and others).
-  Its scope differs: vLLM penalizes every token of the prompt as well as of the answer, while the transformers
-  backend penalizes only the tokens of the answer. The chat template's end-of-turn token is in every prompt, so on
-  the server the model can hardly end its turn and answers run to the token limit. The backend offsets that with a
-  ``logit_bias`` on the end-of-turn token (``end_of_turn``, its id looked up once with the server's ``/tokenize``) of
-  ``end_of_turn_logit * (1 - 1/repetition_penalty)``: what dividing a logit of that size by the penalty takes away.
-  The default 20 is the end-of-turn logit where SmolLM2-135M-Instruct ends its answers (median 21.3 over 6 natural
-  ends); with it, greedy answers through vLLM are cut at the limit as often as on the local backend. An empty
-  ``end_of_turn`` turns the offset off; a server without ``/tokenize`` gets none, and the manifest says so.
+* ``repetition_penalty`` (when not 1) reaches the server by the route :mod:`cai.backends.openai_penalty` chooses:
+  the toolkit's vLLM plugin (answer tokens only, as locally) or the ``repetition_penalty`` extension field with an
+  offset on the end-of-turn token (vLLM and llama.cpp accept the field).
 * assistant prefill: a conversation whose last message has role ``assistant`` is sent with
   ``continue_final_message: true, add_generation_prompt: false`` (vLLM's extension fields), so the server continues
   that turn instead of answering after it.
@@ -62,6 +56,7 @@ import httpx
 from cai.backends.base import Backend, Completion, Conversation, GenParams, empty_reason, failed_completion
 from cai.backends.openai_http import FIELD_RE as _FIELD_RE
 from cai.backends.openai_http import OPTIONAL_FIELDS as _OPTIONAL_FIELDS
+from cai.backends.openai_penalty import ServerPenalty
 from cai.backends.openai_http import FieldRejected as _FieldRejected
 from cai.backends.openai_http import Retryable as _Retryable
 from cai.backends.openai_http import http_error, retry_after, unknown_model_error
@@ -102,6 +97,7 @@ class OpenAIBackend(Backend):
         empty_retries: int = 2,
         end_of_turn: str = "<|im_end|>",
         end_of_turn_logit: float = 20.0,
+        penalty_route: str = "auto",
     ):
         super().__init__(model)
         if max_concurrency < 1:
@@ -115,10 +111,6 @@ class OpenAIBackend(Backend):
         self.max_retries = max(0, max_retries)
         self.backoff_s = backoff_s
         self.empty_retries = max(0, empty_retries)
-        self.end_of_turn = end_of_turn
-        self.end_of_turn_logit = end_of_turn_logit
-        #: The end-of-turn token's id on the server: unset until first needed, then an int or None (not found).
-        self._eot_id: int | None | bool = False
         #: Optional fields the server refused: they are no longer sent.
         self._dropped: set[str] = set()
         self._lock = threading.Lock()
@@ -130,6 +122,9 @@ class OpenAIBackend(Backend):
             timeout=httpx.Timeout(timeout_s, pool=None),
             limits=httpx.Limits(max_connections=max_concurrency, max_keepalive_connections=max_concurrency),
         )
+        self.penalty = ServerPenalty(self._client, self.base_url, model, mode=penalty_route,  # type: ignore[arg-type]
+                                     end_of_turn=end_of_turn, end_of_turn_logit=end_of_turn_logit,
+                                     timeout_s=min(timeout_s, 10.0), note=self._not_applied)
 
     # ------------------------------------------------------------------ public API
 
@@ -139,10 +134,7 @@ class OpenAIBackend(Backend):
         return self.stats.retries
 
     def describe(self) -> dict:
-        d = {"backend": self.name, "model": self.model, "base_url": self.base_url}
-        if isinstance(self._eot_id, int) and not isinstance(self._eot_id, bool) and "logit_bias" not in self._dropped:
-            d["repetition_penalty_end_of_turn_offset"] = {
-                "token": self.end_of_turn, "id": self._eot_id, "bias": f"{self.end_of_turn_logit} * (1 - 1/penalty)"}
+        d = {"backend": self.name, "model": self.model, "base_url": self.base_url, **self.penalty.describe()}
         if self.stats.not_applied:
             d["not_applied"] = dict(self.stats.not_applied)
         return d
@@ -289,11 +281,9 @@ class OpenAIBackend(Backend):
                 extra["seed"] = seed
             if params.stop:
                 extra["stop"] = list(params.stop)
-            if params.repetition_penalty != 1.0:
-                extra["repetition_penalty"] = params.repetition_penalty
-                bias = self._end_of_turn_bias(params.repetition_penalty)
-                if bias:
-                    extra["logit_bias"] = bias
+            with self._lock:
+                dropped = set(self._dropped)
+            extra.update(self.penalty.fields(params.repetition_penalty, dropped))
             body = self._send(self._payload(conv, **extra))
             self._note_model(body)
             choice = self._first_choice(body)
@@ -315,35 +305,9 @@ class OpenAIBackend(Backend):
             self.stats.failed_requests += 1
         return failed_completion(f"{reason}; {self.empty_retries + 1} attempt(s)", p, c)
 
-    def _end_of_turn_bias(self, penalty: float) -> dict[str, float] | None:
-        """The ``logit_bias`` that offsets the server's repetition penalty on the end-of-turn token of the prompt."""
-        if penalty <= 1.0 or not self.end_of_turn:
-            return None
+    def _not_applied(self, field: str, why: str) -> None:
         with self._lock:
-            if self._eot_id is False:
-                self._eot_id = self._token_id(self.end_of_turn)
-                if self._eot_id is None:
-                    self.stats.not_applied.setdefault(
-                        "repetition_penalty_end_of_turn_offset",
-                        f"the server's /tokenize did not give one token id for {self.end_of_turn!r}, so the penalty it "
-                        "puts on the prompt's end-of-turn token is not offset (answers may run longer than locally)",
-                    )
-            eot = self._eot_id
-        if eot is None or eot is False or "logit_bias" in self._dropped:
-            return None
-        return {str(eot): round(self.end_of_turn_logit * (1.0 - 1.0 / penalty), 4)}
-
-    def _token_id(self, text: str) -> int | None:
-        """The id of ``text`` as one token on the server (vLLM's ``POST /tokenize``), or ``None``."""
-        root = self.base_url[: -len("/v1")] if self.base_url.endswith("/v1") else self.base_url
-        try:
-            resp = self._client.post(f"{root}/tokenize", json={"model": self.model, "prompt": text,
-                                                               "add_special_tokens": False},
-                                     timeout=min(self.timeout_s, 10.0))
-            tokens = resp.json().get("tokens") if resp.status_code == 200 else None
-        except (httpx.HTTPError, ValueError, AttributeError):
-            return None
-        return int(tokens[0]) if isinstance(tokens, list) and len(tokens) == 1 and isinstance(tokens[0], int) else None
+            self.stats.not_applied.setdefault(field, why)
 
     def _top_logprobs(self, conv: Conversation) -> dict[str, float] | None:
         payload = self._payload(conv, max_tokens=1, temperature=0, logprobs=True, top_logprobs=20)

@@ -20,6 +20,7 @@ OPTIONAL_FIELDS = {
     "add_generation_prompt": "assistant_prefill",
     "seed": "seed",
     "logit_bias": "repetition_penalty_end_of_turn_offset",
+    "vllm_xargs": "repetition_penalty",
 }
 FIELD_RE = {f: re.compile(rf"\b{f}\b") for f in OPTIONAL_FIELDS}
 

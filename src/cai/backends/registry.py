@@ -82,6 +82,7 @@ def _openai(spec: ModelSpec) -> Backend:
         max_retries=spec.max_retries,
         end_of_turn=spec.end_of_turn,
         end_of_turn_logit=spec.end_of_turn_logit,
+        penalty_route=spec.penalty_route,
     )
 
 

@@ -48,6 +48,12 @@ class ModelSpec(BaseModel):
     max_concurrency: int = Field(default=8, ge=1, description="openai: requests in flight at once")
     timeout_s: float = Field(default=120.0, gt=0, description="openai: per-request timeout in seconds")
     max_retries: int = Field(default=4, ge=0, description="openai: retries on timeouts, 429 and 5xx")
+    penalty_route: Literal["auto", "plugin", "field"] = Field(
+        default="auto",
+        description="openai: how repetition_penalty reaches the server: plugin (the toolkit's vLLM logits processor, "
+        "answer tokens only, as locally), field (vLLM's repetition_penalty, which also penalizes prompt tokens), "
+        "auto (plugin when the server has it)",
+    )
     end_of_turn: str = Field(
         default="<|im_end|>",
         description="openai: the served chat template's end-of-turn token; with repetition_penalty > 1 it gets a "
@@ -77,7 +83,7 @@ class ModelSpec(BaseModel):
     def key(self) -> tuple:
         """Two roles with equal keys share one loaded model."""
         return (self.backend, self.model, self.base_url, self.device, self.dtype, self.end_of_turn,
-                self.end_of_turn_logit)
+                self.end_of_turn_logit, self.penalty_route)
 
     def label(self) -> str:
         if self.backend == "openai":
