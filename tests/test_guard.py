@@ -198,6 +198,14 @@ def test_check_many_batches_items():
     assert len(out) == 3 and len(checker.scored) == 1 and len(checker.scored[0]) == 9
 
 
+def test_generate_respects_a_lower_token_limit():
+    guard, pol, _, _ = make({"max_new_tokens": 5}, policy_replies=["one two three four five six seven"] * 3)
+    assert guard.generate(CONV) == "one two three four five"
+    assert guard.generate(CONV, max_new_tokens=2) == "one two"
+    assert guard.generate(CONV, max_new_tokens=50) == "one two three four five"  # never above the policy's limit
+    assert [p.max_new_tokens for p in pol.params] == [5, 2, 5]
+
+
 def test_upstream_failure_and_bad_messages():
     guard, _, _, _ = make(policy_replies=[Completion("", finish_reason="error", error="upstream said no")])
     with pytest.raises(GuardUpstreamError, match="upstream said no"):

@@ -117,12 +117,15 @@ class Guard:
         return GenParams(max_new_tokens=max_new_tokens or c.max_new_tokens, temperature=c.temperature, seed=c.seed)
 
     # --- generation -------------------------------------------------------------------------------------------------
-    def generate(self, messages: Conversation) -> str:
-        """The policy model's answer to the conversation; :class:`GuardUpstreamError` when it gives none."""
+    def generate(self, messages: Conversation, *, max_new_tokens: int | None = None) -> str:
+        """The policy model's answer to the conversation; :class:`GuardUpstreamError` when it gives none.
+
+        ``max_new_tokens`` (a request's ``max_tokens``) lowers the policy's own limit, never raises it."""
         messages = validate_messages(messages)
         backend = self.policy_model
+        limit = self.config.max_new_tokens if max_new_tokens is None else max(1, min(max_new_tokens, self.config.max_new_tokens))
         try:
-            comp = self._call(backend, backend.generate, [messages], self._params())[0]
+            comp = self._call(backend, backend.generate, [messages], self._params(limit))[0]
         except Exception as e:  # any failure of the upstream model is reported as one error type
             raise GuardUpstreamError(f"the policy model failed: {type(e).__name__}: {e}") from e
         if comp.failed:
