@@ -132,6 +132,13 @@ def test_rerun_is_served_from_the_cache(tmp_path):
     assert again["cache"]["misses"] == 0 and not backend.calls
     assert again["heldout"] == first["heldout"]
 
+    class NoModels:
+        def get(self, spec):
+            raise AssertionError(f"a complete cache must load no model ({spec})")
+
+    third = run_infer(cfg, pool=NoModels(), embed_fn=bag_of_words)  # specs "fake": the models are never built
+    assert third["heldout"] == first["heldout"]
+
 
 def test_interrupted_cache_line_is_dropped(tmp_path):
     cache = CallCache(tmp_path / "c.jsonl")

@@ -122,7 +122,8 @@ def run_collect(cfg: CollectConfig, *, rewriter: Backend | None = None, pool: Ba
     model = None
     if cfg.rewrite == "model":
         label = ModelSpec.model_validate(cfg.rewriter).label()
-        model = CachedModel(rewriter or (pool or BackendPool()).get(cfg.rewriter), label, CallCache(out / "cache.jsonl"))
+        model = CachedModel(rewriter or (lambda: (pool or BackendPool()).get(cfg.rewriter)), label,
+                            CallCache(out / "cache.jsonl"))
     clauses = rewrite(model, [r["text"] for r in chosen], seed=cfg.seed)
     taken: set[str] = set()
     principles, notes, listed = [], {}, []

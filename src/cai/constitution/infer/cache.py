@@ -64,16 +64,26 @@ class CallCache:
 
 
 class CachedModel:
-    """A backend whose generations and two-option scores go through a :class:`CallCache`."""
+    """A backend whose generations and two-option scores go through a :class:`CallCache`.
 
-    def __init__(self, backend: Backend, label: str, cache: CallCache, *, batch: int = 64,
+    ``backend`` may be a function that builds it: the model is then loaded only when a request misses the cache, so
+    a run resumed from a complete cache loads no model at all.
+    """
+
+    def __init__(self, backend: Backend | Callable[[], Backend], label: str, cache: CallCache, *, batch: int = 64,
                  log: Callable[[str], None] | None = None, role: str = "model"):
-        self.backend = backend
+        self._backend = backend
         self.label = label
         self.cache = cache
         self.batch = batch
         self.log = log
         self.role = role
+
+    @property
+    def backend(self) -> Backend:
+        if not isinstance(self._backend, Backend):
+            self._backend = self._backend()
+        return self._backend
 
     def generate(self, conversations: Sequence[Conversation], params: GenParams, seeds: Sequence[int]) -> list[str | None]:
         """One text per conversation (``None`` for a failed row); request ``i`` is sampled with ``seeds[i]``."""

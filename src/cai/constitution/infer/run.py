@@ -99,9 +99,9 @@ def run_infer(cfg: InferConfig, *, proposer: Backend | None = None, labeler: Bac
     log(f"{len(pairs)} pairs: {len(train)} train, {len(val)} validation, {len(test)} test")
     pool = pool or BackendPool()
     cache = CallCache(out / "cache.jsonl")
-    prop = CachedModel(proposer or pool.get(cfg.proposer), ModelSpec.model_validate(cfg.proposer).label(), cache,
+    prop = CachedModel(proposer or (lambda: pool.get(cfg.proposer)), ModelSpec.model_validate(cfg.proposer).label(), cache,
                        batch=cfg.batch_size, log=log, role="proposer")
-    lab = CachedModel(labeler or pool.get(cfg.labeler), ModelSpec.model_validate(cfg.labeler).label(), cache,
+    lab = CachedModel(labeler or (lambda: pool.get(cfg.labeler)), ModelSpec.model_validate(cfg.labeler).label(), cache,
                       batch=cfg.batch_size, log=log, role="labeler")
     if embed_fn is None:
         from cai.embed import embed as embed_fn  # noqa: PLW0127 - the packaged sentence model
