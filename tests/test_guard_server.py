@@ -204,6 +204,14 @@ def test_audit_log_rotates_and_keeps_every_record_once(tmp_path):
     assert len(ids) == 160 and len(set(ids)) == 160
 
 
+def test_audit_log_records_a_request_that_ends_after_close(tmp_path):
+    log = AuditLog(tmp_path / "a.jsonl")
+    log.write({"request_id": "a"})
+    log.close()
+    log.write({"request_id": "late"})  # a request cancelled by shutdown finishes after the log was closed
+    assert [r["request_id"] for r in read_records(log)] == ["a", "late"]
+
+
 def test_metrics_text_format():
     m = GuardMetrics()
     m.requests.inc("chat", "200")
@@ -571,6 +579,7 @@ def test_cli_serve_starts_with_one_command(cai_exe, subprocess_env, tmp_path):
         c = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=ALICE, max_retries=0)
         r = c.chat.completions.create(model="cli", messages=ask("hello"))
         assert r.guardrails["policy_id"] == "cli"
+        httpx.get(f"http://127.0.0.1:{port}/healthz?api_key={ALICE}")  # a key put in a URL by mistake
     finally:
         proc.send_signal(signal.SIGINT)
         output = proc.communicate(timeout=30)[0]

@@ -11,6 +11,7 @@ Each request to a guarded endpoint writes exactly one audit record, whatever its
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -160,6 +161,9 @@ def create_app(service: GuardService, *, keys: KeyStore | None, audit: AuditLog,
             ctx.record.update(status=e.status, error=e.message, error_detail=e.detail)
             log.warning("request %s: %s: %s", ctx.id, e.message, e.detail)
             return ApiError(e.status, e.message, "upstream_error", "upstream_timeout" if e.status == 504 else "upstream_failed").response(ctx.id)
+        except asyncio.CancelledError:  # the server is shutting down or the caller went away: recorded, then re-raised
+            ctx.record.update(status=499, error="cancelled before a reply was sent (shutdown or the caller went away)")
+            raise
         except Exception as e:  # noqa: BLE001 - the caller gets a short 500, the log the traceback
             log.exception("request %s failed", ctx.id)
             ctx.record.update(status=500, error=f"internal error ({type(e).__name__})")

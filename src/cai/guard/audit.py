@@ -77,8 +77,13 @@ class AuditLog:
     def write(self, record: dict) -> None:
         line = (json.dumps(record, ensure_ascii=False, default=str, separators=(",", ":")) + "\n").encode("utf-8")
         with self._lock:
-            if self._f.closed:
-                raise RuntimeError(f"audit log {self.path} is closed")
+            if self._f.closed:  # a request that ends after shutdown began (cancelled, late): still recorded, once
+                with self._open() as f:
+                    f.write(line)
+                    f.flush()
+                    os.fsync(f.fileno())
+                self.records_written += 1
+                return
             if self.max_bytes and self._f.tell() > 0 and self._f.tell() + len(line) > self.max_bytes:
                 self._rotate()
             self._f.write(line)

@@ -319,10 +319,21 @@ class BackgroundServer:
         self._sock.close()
 
 
+class _NoQueryStrings(logging.Filter):
+    """Access-log lines show paths without their query string (a caller may put a key there by mistake)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) == 5 and isinstance(args[2], str) and "?" in args[2]:
+            record.args = (args[0], args[1], args[2].split("?", 1)[0] + "?...", args[3], args[4])
+        return True
+
+
 def serve(config: GuardServerConfig) -> None:
     """Run the server in the foreground until interrupted."""
     import uvicorn
 
+    logging.getLogger("uvicorn.access").addFilter(_NoQueryStrings())
     app, service = build_app(config)
     log.info("guard server on http://%s:%s/v1, audit log %s", config.host, config.port, config.audit_path)
     if config.no_auth:
