@@ -118,7 +118,7 @@ def audit_exactly_once(audit_path: str | Path, results: list[dict], before: set[
             "audit_unrequested": len(extra), "audit_exactly_once": not missing and not twice and not extra}
 
 
-def start_server(model: str, workdir: Path, *, max_new_tokens: int = 32, workers: int = 8):
+def start_server(model: str, workdir: Path, *, max_new_tokens: int = 32, workers: int = 8, timeout_s: float = 600.0):
     """The guard server for ``model`` on a free port: (BackgroundServer, key, audit path)."""
     from cai.guard.auth import append_key, generate_key, new_record
     from cai.guard.server import BackgroundServer, GuardServerConfig, build_app
@@ -128,7 +128,7 @@ def start_server(model: str, workdir: Path, *, max_new_tokens: int = 32, workers
     append_key(workdir / "keys.jsonl", new_record("load", key))
     audit = workdir / "audit.jsonl"
     cfg = GuardServerConfig(policies=[str(workdir / "load.yaml")], keys_file=str(workdir / "keys.jsonl"), key_env=None,
-                            audit_path=str(audit), workers=workers)
+                            audit_path=str(audit), workers=workers, request_timeout_s=timeout_s)
     app, _ = build_app(cfg)
     return BackgroundServer(app), key, audit
 
@@ -139,16 +139,17 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--max-new-tokens", type=int, default=32)
+    ap.add_argument("--timeout", type=float, default=600.0, help="server deadline per request, seconds")
     args = ap.parse_args()
     from cai.guard.audit import read_records
 
     with tempfile.TemporaryDirectory() as tmp:
-        srv, key, audit = start_server(args.model, Path(tmp), max_new_tokens=args.max_new_tokens)
+        srv, key, audit = start_server(args.model, Path(tmp), max_new_tokens=args.max_new_tokens, timeout_s=args.timeout)
         with srv:
             # one warm-up request so the first client does not pay for loading the model
-            run_load(srv.url, key, clients=1, seconds=0.001)
+            run_load(srv.url, key, clients=1, seconds=0.001, timeout_s=args.timeout + 30)
             before = {r["request_id"] for r in read_records(audit)}
-            report = run_load(srv.url, key, clients=args.clients, seconds=args.seconds)
+            report = run_load(srv.url, key, clients=args.clients, seconds=args.seconds, timeout_s=args.timeout + 30)
         report.update(audit_exactly_once(audit, report["results"], before))
     report.pop("results")
     report["model"] = args.model
