@@ -302,7 +302,7 @@ def create_app(service: GuardService, *, keys: KeyStore | None, audit: AuditLog,
 
         async def check_text(text: str) -> CheckResult:
             try:
-                result, s = await service.run(lambda: policy.guard.check(messages, text), phase="check")
+                result, s = await service.check(policy, messages, text)
             except Exception as e:  # noqa: BLE001 - a failed check: decide() applies the policy's fail mode
                 result, s = CheckResult(verdicts=[], error=f"{type(e).__name__}: {getattr(e, 'message', None) or e}"[:300]), 0.0
             metrics.latency.observe(s, "check")
@@ -347,7 +347,7 @@ def create_app(service: GuardService, *, keys: KeyStore | None, audit: AuditLog,
         check_tokens(messages + ([{"content": body.answer}] if body.answer else []), None)
         ctx.record.update(**audit.content(messages=messages, answer=body.answer))
         try:
-            result, s = await service.run(lambda: policy.guard.check(messages, body.answer), phase="check")
+            result, s = await service.check(policy, messages, body.answer)
         except Exception as e:  # noqa: BLE001 - the checker is down: the decision follows the policy's fail mode
             result, s = CheckResult(verdicts=[], error=f"{type(e).__name__}: {getattr(e, 'message', None) or e}"[:300]), 0.0
         ctx.latency["check"] = round(s * 1000, 3)

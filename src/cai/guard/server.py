@@ -60,6 +60,8 @@ class GuardServerConfig(BaseModel):
         "hold: generate, check, then send; window: send a streaming upstream's text window by window, each after a "
         "check of the answer so far (openai: upstreams only; others are held)")
     window_chars: int = Field(default=200, ge=8, description="window mode: characters per checked window")
+    check_batch: int = Field(default=16, ge=1, description="Most waiting check requests (POST /v1/guard/check and "
+                             "window-mode windows) of one policy checked together in one batched call")
     audit_path: str = Field(default="guard-audit.jsonl", description="Audit log file (JSON Lines, append-only)")
     audit_max_bytes: int = Field(default=50 << 20, ge=0, description="Rotate the audit log past this size (0: never)")
     audit_backups: int = Field(default=5, ge=0, description="Rotated audit files kept (.1 newest)")
@@ -190,6 +192,10 @@ class GuardService:
             raise ConfigError(f"default_policy '{default}' is not a loaded policy.", fix=f"use one of: {', '.join(self.policies)}")
         self.default_policy = default
         self.executor = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="cai-guard")
+        self._check_queues: dict[str, list] = {}
+        self._check_running: set[str] = set()
+        #: Sizes of the check batches run so far (for tests and logs).
+        self.check_batches: list[int] = []
 
     def _build_guards(self, config: GuardServerConfig) -> list[tuple[Any, str]]:
         from cai.backends.registry import BackendPool
@@ -257,6 +263,43 @@ class GuardService:
                 raise upstream_error(e) from e
             raise
         return result, time.perf_counter() - t0
+
+    async def check(self, policy: Policy, messages: list[dict], answer: str | None) -> tuple[Any, float]:
+        """One check, batched with the other checks of the same policy that are waiting: while a batch runs, new
+        requests queue, and the next batch is one ``check_many`` call (one scoring call) for all of them.
+        Returns (CheckResult, seconds this request waited and was checked)."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future = loop.create_future()
+        t0 = time.perf_counter()
+        queue = self._check_queues.setdefault(policy.id, [])
+        queue.append((messages, answer, fut))
+        if policy.id not in self._check_running:
+            self._check_running.add(policy.id)
+            asyncio.ensure_future(self._drain(policy))
+        return await fut, time.perf_counter() - t0
+
+    async def _drain(self, policy: Policy) -> None:
+        queue = self._check_queues[policy.id]
+        try:
+            while queue:
+                batch = queue[: self.config.check_batch]
+                del queue[: len(batch)]
+                items = [(m, a) for m, a, _ in batch]
+                try:
+                    results, _ = await self.run(lambda: policy.guard.check_many(items), phase="check")
+                except BaseException as e:  # noqa: BLE001 - every waiting request gets the failure (fail mode applies)
+                    for _, _, fut in batch:
+                        if not fut.done():
+                            fut.set_exception(e if isinstance(e, Exception) else RuntimeError(repr(e)))
+                    if not isinstance(e, Exception):
+                        raise
+                    continue
+                self.check_batches.append(len(batch))
+                for (_, _, fut), res in zip(batch, results):
+                    if not fut.done():
+                        fut.set_result(res)
+        finally:
+            self._check_running.discard(policy.id)
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
