@@ -133,7 +133,8 @@ class WindowStream:
         self._t0 = time.perf_counter()
 
     async def _read_window(self) -> str:
-        """Upstream text up to the next whitespace past ``window_chars`` (or to the end)."""
+        """The next window: once at least ``window_chars`` characters wait, the text up to their last whitespace
+        (all that is left when the upstream has ended)."""
         while not self._upstream_done:
             cut = self._cut()
             if cut:
