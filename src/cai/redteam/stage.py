@@ -80,8 +80,7 @@ def analyse(rows: list[dict], cfg: RedteamConfig, judge: str, embedder: Callable
                 r["near_duplicate"] = {"id": known[j]["id"], "source": known[j]["source"],
                                        "similarity": round(float(sim[i, j]), 4)}
     index = {id(r): i for i, r in enumerate(with_attack)}
-    sent = [r for r in with_attack if r["status"] in ("ok", "unscored")]
-    wins = [r for r in sent if r["success"]]
+    wins = [r for r in with_attack if r["status"] == "ok" and r["success"]]
 
     def div(sel: list[dict]) -> dict:
         v = vecs[[index[id(r)] for r in sel]] if sel else vecs[:0]
@@ -105,7 +104,7 @@ def analyse(rows: list[dict], cfg: RedteamConfig, judge: str, embedder: Callable
         "by_method": _figures(rows, "method", judge, quality, cfg.seed),
         "attacker_refusal": Figure.rate(counts["attacker_refused"], n, "classifier:attacker-refusal").as_dict(),
         "error_rate": Figure.rate(counts["error"], n, "measurement").as_dict(),
-        "diversity": {"attacks": div(sent), "successes": div(wins)},
+        "diversity": {"attacks": div(with_attack), "successes": div(wins)},  # attacks: all the attacker wrote
         "unique_successes": {"clusters": len(sizes), "successes": len(wins), "largest_cluster": sizes[0] if sizes else 0,
                              "threshold": cfg.cluster_threshold},
         "near_duplicates": {"threshold": cfg.near_duplicate_threshold, "known_prompts": len(known),
