@@ -31,7 +31,7 @@ def test_prefix_cached_scores_equal_the_backends(guard):
     opts = [["A", "B"]] * len(convs)
     ref = backend.option_logprobs(convs, opts)
     fast = wrap(backend).option_logprobs(convs, opts)
-    assert wrap(backend) is not backend
+    assert wrap(backend) is not backend or getattr(backend, "fast", None)  # or the backend shares prefixes itself
     for r, f in zip(ref, fast):
         assert f == pytest.approx(r, abs=2e-3)
 

@@ -17,10 +17,13 @@ MIN_PREFIX = 16
 
 
 def wrap(backend: Backend) -> Backend:
-    """The backend, wrapped in a :class:`PrefixScorer` when it is a local transformers model."""
+    """The backend, wrapped in a :class:`PrefixScorer` when it is a local transformers model that does not already
+    share prompt prefixes in its own scoring (a backend with a shared-prefix kernel, ``fast``, is used as it is)."""
     from cai.backends.transformers_backend import TransformersBackend
 
-    return PrefixScorer(backend) if isinstance(backend, TransformersBackend) else backend
+    if not isinstance(backend, TransformersBackend) or getattr(backend, "fast", None):
+        return backend
+    return PrefixScorer(backend)
 
 
 class PrefixScorer(Backend):
@@ -53,13 +56,17 @@ class PrefixScorer(Backend):
                 ids.append(full[-1])
             bases.append(base)
             tokens.append(ids)
-        out: list[list[float | None]] = []
+        out: list[list[float | None] | None] = [None] * len(conversations)
+        plain: list[int] = []  # prompts without a long shared prefix: scored together by the backend, in one call
         for lo, hi, p in _groups(bases):
             if p < MIN_PREFIX or hi - lo < 2:
-                out += inner.option_logprobs(conversations[lo:hi], options[lo:hi])
+                plain.extend(range(lo, hi))
             else:
-                out += self._scored(bases[lo:hi], tokens[lo:hi], p)
-        return out
+                out[lo:hi] = self._scored(bases[lo:hi], tokens[lo:hi], p)
+        if plain:
+            for i, row in zip(plain, inner.option_logprobs([conversations[i] for i in plain], [options[i] for i in plain])):
+                out[i] = row
+        return [row if row is not None else [None] * len(options[i]) for i, row in enumerate(out)]
 
     def _scored(self, bases: list[list[int]], tokens: list[list[int]], p: int) -> list[list[float | None]]:
         import torch
