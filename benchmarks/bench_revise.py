@@ -1,16 +1,20 @@
 """Benchmark: the SL-CAI engine against a naive loop, same job, same model, one run.
 
-    .venv/bin/python benchmarks/bench_revise.py                 # 32 prompts, 2 rounds, embedded model (~15 min)
-    .venv/bin/python benchmarks/bench_revise.py --prompts 16 --rounds 1 --answer-tokens 64
+    .venv/bin/python benchmarks/bench_revise.py                 # 32 prompts, 2 rounds, embedded model
+    .venv/bin/python benchmarks/bench_revise.py --prompts 16 --rounds 1 --naive-prompts 4 --reps 2
 
-Both sides run the same SL-CAI job (same red-team prompts, principles, rounds, seed, token limits, greedy decoding)
-on the embedded SmolLM2-135M-Instruct with transformers:
+Both sides run the very same job: ``cai.stages.revise.revise_shard`` (same red-team prompts, principles, rounds, gate,
+seed, token limits, greedy decoding) on the embedded SmolLM2-135M-Instruct loaded once. Only the backend differs:
 
-- engine: ``cai.stages.revise.revise_shard`` through ``TransformersBackend`` (all prompts of a step in one batch,
-  preallocated KV cache, the shared few-shot prefix computed once and reused);
-- naive: one prompt at a time, one ``model.generate`` call per step, batch size 1, no prefix cache.
+- engine: ``TransformersBackend`` (all prompts of a step in one batch, the shared few-shot prefix kept once, each
+  row's critique keys/values reused for its revision, finished rows dropped from the batch);
+- naive: one conversation at a time through ``model.generate`` (batch 1, no cache kept between calls).
 
-Prints generated tokens/s and examples/hour of each and their ratio, and ends with one JSON line.
+The two run in alternating repetitions (engine, naive, engine, ...), so load from other processes falls on both. The
+naive side may run on the first ``--naive-prompts`` prompts only (it is slow); rates are per prompt and per token, and
+the texts both sides wrote for those prompts are compared (greedy decoding must give the same text). Prints tokens/s
+and examples/hour of each (wall clock and this process's CPU time), their ratios, peak RSS and the machine's load, and
+ends with one JSON line.
 """
 
 from __future__ import annotations
@@ -19,104 +23,107 @@ import argparse
 import json
 import os
 import random
-import time
+import sys
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_common import NaiveBackend, machine_state, peak_rss_mb, timed  # noqa: E402
 
 
-def naive_run(model, tok, items, const, cfg) -> tuple[int, float]:
-    import torch
-
-    from cai.stages.revise import _rng
-    from cai.stages.sl_prompts import clean, critique_conversation, revision_conversation
-
-    def gen(conv, max_new):
-        ids = tok.apply_chat_template(conv, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt")
-        with torch.inference_mode():
-            out = model.generate(**ids, max_new_tokens=max_new, do_sample=False, pad_token_id=tok.pad_token_id)
-        new = out[0, ids["input_ids"].shape[1] :]
-        n = int((new != tok.eos_token_id).sum())
-        return tok.decode(new, skip_special_tokens=True).strip(), n
-
-    tokens = 0
-    t0 = time.perf_counter()
-    for it in items:
-        answer, n = gen([{"role": "user", "content": it["prompt"]}], cfg.answer_tokens)
-        tokens += n
-        for rnd in range(1, cfg.rounds + 1):
-            p = const.sample(_rng(cfg.seed, it["id"], rnd))[0]
-            cconv = critique_conversation(const, p, it["prompt"], answer)
-            critique, n = gen(cconv, cfg.critique_tokens)
-            tokens += n
-            revision, n = gen(revision_conversation(cconv, p, clean(critique)), cfg.revision_tokens)
-            tokens += n
-            answer = clean(revision) or answer
-    return tokens, time.perf_counter() - t0
-
-
-def engine_run(backend, items, const, cfg) -> tuple[int, float]:
-    from cai.stages.revise import revise_shard
-
-    before = backend.stats.completion_tokens
-    t0 = time.perf_counter()
-    revise_shard(items, const, cfg, backend, backend, backend, shard_index=0)
-    return backend.stats.completion_tokens - before, time.perf_counter() - t0
+def texts(rows: list[dict]) -> dict[tuple, str]:
+    """Every text a run wrote, keyed by (prompt id, step)."""
+    out = {}
+    for r in rows:
+        out[(r["id"], "initial")] = r["initial"]
+        for e in r["rounds"]:
+            out[(r["id"], e["round"], "critique")] = e.get("critique")
+            out[(r["id"], e["round"], "revision")] = e.get("revision")
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--prompts", type=int, default=32)
+    ap.add_argument("--naive-prompts", type=int, default=None, help="prompts the naive loop runs (default: all)")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--answer-tokens", type=int, default=64)
     ap.add_argument("--critique-tokens", type=int, default=48)
     ap.add_argument("--revision-tokens", type=int, default=64)
-    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--reps", type=int, default=1, help="alternating repetitions of each side")
+    ap.add_argument("--dtype", default="float32", help="weights of both sides: float32 or bfloat16")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
     import torch
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     from cai.backends.embedded import embedded_model_dir
     from cai.backends.transformers_backend import TransformersBackend
     from cai.constitution import load_constitution
     from cai.data.readers import load_prompts
-    from cai.stages.revise import ReviseConfig
+    from cai.stages.revise import ReviseConfig, revise_shard
 
+    before = machine_state()
     const = load_constitution()
     rows = load_prompts("redteam", split="train")
     random.Random(args.seed).shuffle(rows)
     items = [dict(r, kind="redteam") for r in rows[: args.prompts]]
+    naive_items = items[: args.naive_prompts or len(items)]
     cfg = ReviseConfig(
-        rounds=args.rounds,
-        seed=args.seed,
-        answer_tokens=args.answer_tokens,
-        critique_tokens=args.critique_tokens,
-        revision_tokens=args.revision_tokens,
-        shard_size=len(items),
-        repetition_penalty=1.0,  # plain greedy on both sides, so both produce the same text
+        rounds=args.rounds, seed=args.seed, answer_tokens=args.answer_tokens, critique_tokens=args.critique_tokens,
+        revision_tokens=args.revision_tokens, shard_size=len(items),
+        repetition_penalty=1.0,  # plain greedy on both sides, so both must write the same text
     )
-    backend = TransformersBackend(str(embedded_model_dir()), batch_size=args.batch_size)
-    print(f"torch threads: {torch.get_num_threads()}; {len(items)} prompts x {args.rounds} rounds; "
-          f"max new tokens answer/critique/revision = {args.answer_tokens}/{args.critique_tokens}/{args.revision_tokens}")
-    e_tok, e_s = engine_run(backend, items, const, cfg)
-    print(f"engine: {e_tok} tokens in {e_s:.1f} s = {e_tok / e_s:.1f} tok/s, {len(items) / e_s * 3600:.0f} examples/h "
-          f"(prefix tokens reused: {backend.stats.cached_prefix_tokens})")
-    n_tok, n_s = naive_run(backend.model, backend.tok, items, const, cfg)
-    print(f"naive : {n_tok} tokens in {n_s:.1f} s = {n_tok / n_s:.1f} tok/s, {len(items) / n_s * 3600:.0f} examples/h")
-    res = {
-        "bench": "revise",
-        "prompts": len(items),
-        "rounds": args.rounds,
-        "engine_tokens_per_s": round(e_tok / e_s, 2),
-        "naive_tokens_per_s": round(n_tok / n_s, 2),
-        "engine_examples_per_h": round(len(items) / e_s * 3600, 1),
-        "naive_examples_per_h": round(len(items) / n_s * 3600, 1),
-        "tokens_per_s_ratio": round((e_tok / e_s) / (n_tok / n_s), 2),
-        "examples_per_h_ratio": round(n_s / e_s, 2),
-        "engine_seconds": round(e_s, 1),
-        "naive_seconds": round(n_s, 1),
-    }
-    print(f"ratio (engine / naive): tokens/s x{res['tokens_per_s_ratio']}, examples/h x{res['examples_per_h_ratio']}")
+    engine = TransformersBackend(str(embedded_model_dir()), batch_size=args.batch_size, dtype=args.dtype)
+    naive = NaiveBackend(engine.model, engine.tok)  # the same weights, loaded once
+    print(f"torch threads: {torch.get_num_threads()}; dtype {args.dtype}; engine: {len(items)} prompts, naive: "
+          f"{len(naive_items)} prompts; {args.rounds} rounds; max new tokens answer/critique/revision = "
+          f"{args.answer_tokens}/{args.critique_tokens}/{args.revision_tokens}; shared-prefix kernel: {engine.fast}")
+    runs: dict[str, list[dict]] = {"engine": [], "naive": []}
+    outputs: dict[str, list[dict]] = {}
+    for rep in range(args.reps):
+        for side, backend, its in (("engine", engine, items), ("naive", naive, naive_items)):
+            engine._cache.clear()  # every repetition starts cold: no prefix or row cache from the last one
+            engine._rows.entries.clear()
+            engine._rows.used = 0
+            tok0 = backend.stats.completion_tokens
+            out, wall, cpu = timed(lambda: revise_shard(its, const, cfg, backend, backend, backend, shard_index=0))
+            tokens = backend.stats.completion_tokens - tok0
+            runs[side].append({"prompts": len(its), "tokens": tokens, "wall_s": round(wall, 2), "cpu_s": round(cpu, 2)})
+            outputs[side] = out
+            print(f"rep {rep + 1} {side:6s}: {len(its)} prompts, {tokens} tokens in {wall:.1f} s wall / {cpu:.1f} s CPU "
+                  f"= {tokens / wall:.1f} tok/s, {len(its) / wall * 3600:.0f} examples/h", flush=True)
+    after = machine_state()
+
+    def rate(side: str, what: str, clock: str) -> float:
+        num = sum(r[what] for r in runs[side])
+        return num / sum(r[clock] for r in runs[side])
+
+    res: dict = {"bench": "revise", "prompts": len(items), "naive_prompts": len(naive_items), "rounds": args.rounds,
+                 "reps": args.reps, "dtype": args.dtype, "torch_threads": torch.get_num_threads()}
+    for side in runs:
+        res[f"{side}_tokens_per_s"] = round(rate(side, "tokens", "wall_s"), 2)
+        res[f"{side}_examples_per_h"] = round(rate(side, "prompts", "wall_s") * 3600, 1)
+        res[f"{side}_cpu_tokens_per_s"] = round(rate(side, "tokens", "cpu_s"), 2)
+    res["tokens_per_s_ratio"] = round(res["engine_tokens_per_s"] / res["naive_tokens_per_s"], 2)
+    res["examples_per_h_ratio"] = round(res["engine_examples_per_h"] / res["naive_examples_per_h"], 2)
+    res["cpu_tokens_per_s_ratio"] = round(res["engine_cpu_tokens_per_s"] / res["naive_cpu_tokens_per_s"], 2)
+    ours, theirs = texts(outputs["engine"]), texts(outputs["naive"])
+    same = [ours.get(k) == v for k, v in theirs.items()]
+    res["same_text"] = {"k": sum(same), "n": len(same)}
+    res["reused_row_tokens"] = engine.reused_row_tokens
+    res["peak_rss_mb"] = peak_rss_mb()
+    res["machine"] = {"before": before, "after": after, "loaded": before["loaded"] or after["loaded"]}
+    res["runs"] = runs
+    print(f"ratio (engine / naive): tokens/s x{res['tokens_per_s_ratio']} (CPU time x{res['cpu_tokens_per_s_ratio']}), "
+          f"examples/h x{res['examples_per_h_ratio']}; same greedy text in {sum(same)} of {len(same)} steps; "
+          f"peak RSS {res['peak_rss_mb']} MiB; load average {before['loadavg_1m']} -> {after['loadavg_1m']} on "
+          f"{after['cpus']} CPUs{' (loaded machine)' if res['machine']['loaded'] else ''}")
     print(json.dumps(res))
 
 

@@ -25,6 +25,8 @@ from typing import Any
 
 from cai.backends.base import Backend, Completion, Conversation, GenParams, empty_reason, failed_completion, request_seed
 from cai.backends.chat_tokens import ChatEncoder
+from cai.backends.fast_generate import generate_batch, last_logits
+from cai.backends.prefix_attention import RowStore, install
 from cai.errors import ModelError, UserInputError
 
 
@@ -62,6 +64,8 @@ class TransformersBackend(Backend):
         min_prefix_tokens: int = 32,
         cache_slots: int = 4,
         empty_retries: int = 2,
+        prefill_tokens: int = 2048,
+        row_cache_tokens: int = 16384,
         model: Any = None,
         tokenizer: Any = None,
     ):
@@ -81,6 +85,11 @@ class TransformersBackend(Backend):
         self.min_prefix_tokens = min_prefix_tokens
         self._cache: OrderedDict[tuple[int, ...], Any] = OrderedDict()
         self._cache_slots = cache_slots
+        self.prefill_tokens = max(1, prefill_tokens)
+        self.row_cache_tokens = max(0, row_cache_tokens)
+        self._rows = RowStore(self.row_cache_tokens)
+        #: Prompt tokens whose keys/values came from a row of an earlier call instead of a prefill.
+        self.reused_row_tokens = 0
         if model is None:
             if not os.path.isdir(model_path):
                 raise UserInputError(
@@ -105,6 +114,9 @@ class TransformersBackend(Backend):
         self.eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
         self.eos_ids.add(self.tok.eos_token_id)
         self.chat = ChatEncoder(self.tok)
+        #: The shared-prefix kernel (one copy of the batch's prefix, rows' caches reused across calls) where the
+        #: model family supports it; otherwise the StaticCache path below.
+        self.fast = install(self.model)
 
     # --- prompt rendering ---------------------------------------------------------------------------------------
     def encode(self, conv: Conversation) -> list[int]:
@@ -155,6 +167,7 @@ class TransformersBackend(Backend):
         encoded = [self.encode(c) for c in conversations]
         results: list[Completion | None] = [None] * len(encoded)
         todo = list(range(len(encoded)))
+        new_rows = RowStore(self.row_cache_tokens) if self.fast and self.row_cache_tokens else None
         for attempt in range(self.empty_retries + 1):
             if attempt:
                 if params.greedy:  # greedy decoding would give the same empty answer again
@@ -164,7 +177,11 @@ class TransformersBackend(Backend):
             order = sorted(todo, key=lambda i: len(encoded[i]))
             for start in range(0, len(order), self.batch_size):
                 idx = order[start : start + self.batch_size]
-                outs = self._generate_batch([encoded[i] for i in idx], params, [seeds[i] for i in idx])
+                batch, batch_seeds = [encoded[i] for i in idx], [seeds[i] for i in idx]
+                if self.fast:
+                    outs = generate_batch(self, batch, params, batch_seeds, self._rows, new_rows)
+                else:
+                    outs = self._generate_batch(batch, params, batch_seeds)
                 for i, c in zip(idx, outs):
                     results[i] = c
             todo = [i for i in todo if results[i] is not None and results[i].failed]  # type: ignore[union-attr]
@@ -172,6 +189,8 @@ class TransformersBackend(Backend):
             if not todo:
                 break
         self.stats.failed_requests += len(todo)
+        if new_rows is not None:
+            self._rows = new_rows  # the rows of this call, for a next call that continues them
         for i in todo:
             c = results[i]
             assert c is not None
@@ -358,6 +377,11 @@ class TransformersBackend(Backend):
                 items.extend((r, k, f, len(base)) for k, f in enumerate(fulls))
         result: list[list[float | None]] = [[None] * len(o) for o in options]
         # Options of one token each (A/B labels): one forward pass per conversation, last position only.
+        if self.fast and single:  # one pass per window, prefixes shared within the call computed once
+            logp = last_logits(self, [x[1] for x in single], self._rows)
+            for j, (r, _, toks) in enumerate(single):
+                result[r] = [float(logp[j, t]) for t in toks]
+            single = []
         single.sort(key=lambda x: len(x[1]))
         for start in range(0, len(single), self.batch_size):
             chunk = single[start : start + self.batch_size]

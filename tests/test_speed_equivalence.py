@@ -1,0 +1,70 @@
+"""The fast generation path gives the same greedy text as a one-prompt-at-a-time ``model.generate`` loop.
+
+The fast path batches rows, keeps the shared few-shot prefix once, and reuses each row's critique keys/values for its
+revision; none of that may change what greedy decoding writes.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from cai.backends.base import GenParams
+from cai.constitution import load_constitution
+from cai.data.readers import load_prompts
+from cai.stages.sl_prompts import critique_conversation, revision_conversation
+
+pytestmark = pytest.mark.realmodel
+
+TOKENS = 12
+
+
+def _naive(model, tok, conv) -> str:
+    import torch
+
+    ids = tok.apply_chat_template(conv, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt")
+    with torch.inference_mode():
+        out = model.generate(**ids, max_new_tokens=TOKENS, do_sample=False, pad_token_id=tok.pad_token_id)
+    return tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+
+
+@pytest.fixture(scope="module")
+def backend():
+    from cai.backends.embedded import embedded_model_dir
+    from cai.backends.transformers_backend import TransformersBackend
+
+    return TransformersBackend(str(embedded_model_dir()), batch_size=8)
+
+
+def test_batched_critique_and_reused_revision_match_the_naive_loop(backend):
+    assert backend.fast, "the embedded model should run on the shared-prefix kernel"
+    const = load_constitution()
+    prompts = [r["prompt"] for r in load_prompts("redteam", split="train", limit=2)]
+    answers = ["Sure, here is how you do it, step by step.", "I can't help with that."]
+    principles = [const.principles[i % len(const.principles)] for i in range(2)]
+    cconvs = [critique_conversation(const, p, q, a) for p, q, a in zip(principles, prompts, answers)]
+    params = GenParams(max_new_tokens=TOKENS)
+    crits = backend.generate(cconvs, params)
+    assert backend.stats.cached_prefix_tokens > 0  # the few-shot prefix was computed once, not per row
+    rconvs = [revision_conversation(c, p, x.text) for c, p, x in zip(cconvs, principles, crits)]
+    before = backend.reused_row_tokens
+    revs = backend.generate(rconvs, params)
+    # each revision continued its critique row's cache: everything of the critique prompt past the shared prefix
+    enc = [backend.encode(c) for c in cconvs]
+    own = sum(len(e) for e in enc) - len(enc) * backend._common_prefix(enc)
+    assert backend.reused_row_tokens - before >= own
+    for conv, got in zip(cconvs + rconvs, crits + revs):
+        assert got.text == _naive(backend.model, backend.tok, conv)
+
+
+def test_letter_scores_match_a_plain_forward_pass(backend):
+    import torch
+
+    convs = [[{"role": "user", "content": f"Is {n} even? Answer (A) yes or (B) no."},
+              {"role": "assistant", "content": "The answer is ("}] for n in (3, 8, 10)]
+    got = backend.option_logprobs(convs, [["A", "B"]] * 3)
+    for conv, scores in zip(convs, got):
+        ids = torch.tensor([backend.encode(conv)])
+        with torch.inference_mode():
+            logp = torch.log_softmax(backend.model(input_ids=ids).logits[0, -1].float(), -1)
+        want = [float(logp[backend.tok.convert_tokens_to_ids(t)]) for t in ("A", "B")]
+        assert scores == pytest.approx(want, abs=1e-3)
