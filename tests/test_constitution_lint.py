@@ -204,6 +204,8 @@ def test_model_checker_finds_contradiction_and_duplicate(tmp_path):
     assert {con.principle_id, con.related} == {"alpha", "beta"} and con.score == pytest.approx(0.9)
     (dup,) = by_rule(report, "model-duplicate")
     assert {dup.principle_id, dup.related} == {"beta", "gamma"} and dup.severity == "warning"
+    checked = {(c["a"], c["b"]): c for c in report.checked_pairs}
+    assert len(checked) == 3 and checked[("alpha", "gamma")]["p_same"] == pytest.approx(0.1)
 
 
 def test_position_biased_checker_finds_nothing(tmp_path):

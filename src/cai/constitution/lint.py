@@ -95,6 +95,7 @@ class LintReport:
     principles: int
     findings: list[Finding] = field(default_factory=list)
     settings: dict = field(default_factory=dict)
+    checked_pairs: list[dict] = field(default_factory=list)  # what the checker model said about each pair it read
 
     @property
     def errors(self) -> int:
@@ -111,7 +112,8 @@ class LintReport:
     def as_dict(self) -> dict:
         return {"file": self.file, "constitution": self.constitution, "principles": self.principles,
                 "errors": self.errors, "warnings": self.warnings, "explained": self.explained,
-                "settings": self.settings, "findings": [asdict(f) for f in self.findings]}
+                "settings": self.settings, "findings": [asdict(f) for f in self.findings],
+                "checked_pairs": self.checked_pairs}
 
 
 # --- locating ---------------------------------------------------------------------------------------------------------
@@ -313,6 +315,8 @@ def lint_constitution(
             backend = BackendPool().get(cfg.checker)
         pairs = [(i, j) for _, i, j in _pairs_by_similarity(sim, len(ps))[:cfg.checker_pairs]]
         for (i, j), p_same, p_conflict in check_pairs(backend, [(ps[i], ps[j]) for i, j in pairs], pairs):
+            report.checked_pairs.append({"a": ps[i].id, "b": ps[j].id, "similarity": round(float(sim[i][j]), 4),
+                                         "p_same": round(p_same, 4), "p_conflict": round(p_conflict, 4)})
             if p_same >= cfg.checker_threshold and (i, j) not in flagged:
                 add("model-duplicate", "warning", f"the checker model reads '{ps[i].id}' and '{ps[j].id}' (line "
                     f"{loc.line(j)}) as asking for the same thing (mean P(yes) {p_same:.2f})",
