@@ -246,7 +246,7 @@ def redteam(stage_dir: Path, m: Any, done_before: bool = False) -> None:
 
     def line(name: str, f: Any) -> str:
         corr = (f.model_extra or {}).get("corrected") if f is not None else None
-        return f"    {name:<18} {format_figure(f, missing='-')}" + (
+        return f"    {name:<18} {format_figure(f, missing='no judged case (n=0)')}" + (
             f"   corrected {format_figure(corr, missing='-', with_n=False)}" if corr else "")
 
     out.print(line("all", r.success), highlight=False)
