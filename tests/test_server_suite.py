@@ -164,6 +164,8 @@ def test_revise_truncation_close_to_the_local_backend(vllm_url, tmp_path):
     t_served = time.perf_counter() - t0
     server = pool.get(_spec(vllm_url))
     assert server.stats.not_applied == {}  # repetition_penalty reached the server
+    # ... through the toolkit's logits processor (serve_vllm_cpu.sh loads it): on the answer's tokens, as locally
+    assert served["models"]["reviser"]["repetition_penalty_route"].startswith("plugin")
     t0 = time.perf_counter()
     local = run_revise(cfg(ModelSpec()), str(tmp_path / "local"), pool=BackendPool())
     t_local = time.perf_counter() - t0
@@ -172,6 +174,14 @@ def test_revise_truncation_close_to_the_local_backend(vllm_url, tmp_path):
         "served": {"truncated": ts, "generations": ns, "accepted": served["counts"]["revisions_accepted"], "seconds": round(t_served)},
         "local": {"truncated": tl, "generations": nl, "accepted": local["counts"]["revisions_accepted"], "seconds": round(t_local)},
     }
+    def texts(run: str) -> list:
+        rows = [json.loads(x) for x in (tmp_path / run / "revise" / "data.jsonl").read_text().splitlines()]
+        return [(r["initial"], [(e.get("critique"), e.get("revision")) for e in r["rounds"]]) for r in rows]
+
+    same = sum(a == b for a, b in zip(texts("served"), texts("local")))
+    report["identical_rows"] = f"{same}/{PROMPTS}"
     print(f"\n[server suite] revise: {json.dumps(report)}", file=sys.stderr)
     assert ns == nl > 0
     assert abs(ts / ns - tl / nl) <= TRUNCATION_GAP, report
+    # Same weights, same greedy decoding, same penalty: the texts agree (one row may differ by a floating-point tie).
+    assert same >= PROMPTS - 1, report
