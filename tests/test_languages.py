@@ -137,3 +137,32 @@ def test_label_prompts_without_logprobs_and_with_reasoning(reasoning):
     else:
         assert conv[-1]["role"] == "user" and conv[-1]["content"].endswith(ES_LABEL.answer_with)
     assert LP.clean_reasoning("Pienso que A. Así que la mejor respuesta es (A)") == "Pienso que A."
+
+
+@pytest.mark.slow
+@pytest.mark.realmodel
+def test_spanish_revise_and_label_on_the_embedded_model(cai_exe, subprocess_env, tmp_path):
+    """The Spanish files through `revise`, `pairs` and `label` on the embedded SmolLM2 (small token limits)."""
+    import json
+    import subprocess
+
+    env = dict(subprocess_env, OMP_NUM_THREADS="1")
+    runs = str(tmp_path / "runs")
+    cfg = tmp_path / "small.yaml"
+    cfg.write_text("revise:\n  answer_tokens: 32\n  critique_tokens: 24\n  revision_tokens: 32\n", encoding="utf-8")
+    steps = [
+        ["revise", "--config", str(cfg), "--constitution", ES_CONST, "--prompts", ES_RED, "--helpful", ES_HELPFUL,
+         "--limit", "2", "--helpful-limit", "1", "--rounds", "1"],
+        ["pairs", "--prompts", ES_RED, "--limit", "2", "--max-tokens", "24"],
+        ["label", "--constitution", ES_CONST],
+    ]
+    for step in steps:
+        p = subprocess.run([str(cai_exe), *step, "--run", "es", "--runs-dir", runs], capture_output=True, text=True,
+                           env=env, timeout=600)
+        assert p.returncode == 0, p.stderr[-3000:]
+    revise = json.loads((tmp_path / "runs" / "es" / "revise" / "manifest.json").read_text(encoding="utf-8"))
+    assert revise["constitution"]["name"] == "cai-es" and revise["counts"]["redteam_rows"] == 2
+    rows = read_jsonl(tmp_path / "runs" / "es" / "revise" / "data.jsonl")
+    assert {r["prompt"] for r in rows if r.get("rounds")} <= {r["prompt"] for r in load_prompts(ES_RED, split="all")}
+    labels = read_jsonl(tmp_path / "runs" / "es" / "label" / "labels.jsonl")
+    assert len(labels) == 2 and all(r["judgments"][0]["method"] == ["logprob", "logprob"] for r in labels)
