@@ -12,16 +12,17 @@ from cai.redteam.stage import run_redteam
 
 @pytest.mark.realmodel
 def test_embedded_attacker_against_embedded_target(tmp_path):
-    cfg = RedteamConfig(categories=["fraud", "cyber"], per_category=2, attack_max_tokens=24, response_max_tokens=24,
-                        shard_size=4)
+    cfg = RedteamConfig(categories=["fraud", "cyber"], per_category=1, attack_max_tokens=16, response_max_tokens=16,
+                        on_topic_threshold=0, shard_size=2)  # every attack reaches the target
     m = load_manifest("redteam", run_redteam(cfg, tmp_path))
     rows = read_jsonl(tmp_path / "redteam" / "cases.jsonl")
-    assert len(rows) == 4 and {r["status"] for r in rows} <= {"ok", "error", "attacker_refused", "unscored"}
+    assert len(rows) == 2 and {r["status"] for r in rows} <= {"ok", "error", "attacker_refused", "unscored"}
     res = m.results
-    assert res.counts["cases"] == 4 and sum(res.counts[s] for s in ("ok", "error", "attacker_refused", "unscored")) == 4
+    assert sum(res.counts[s] for s in ("ok", "error", "attacker_refused", "unscored")) == res.counts["cases"] == 2
     for r in rows:
-        if r["status"] in ("ok", "unscored"):
-            assert r["prompt"] and r["response"] is not None and isinstance(r["seed"], int)
+        assert isinstance(r["seed"], int)
+        if r["status"] == "ok":
+            assert r["prompt"] and r["response"] and r["judges"] and r["success"] in (True, False)
     assert m.accounting["attacker"].completion_tokens > 0
     a = res.diversity["attacks"]
     if a["n"] >= 2:  # real MiniLM vectors: a distance in [0, 2], self-BLEU in [0, 1]
