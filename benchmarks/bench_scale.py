@@ -141,7 +141,7 @@ def main() -> None:
     work = Path(args.workdir)
     model = work / f"dummy-{args.shape}"
     if args.raw_only:
-        print(json.dumps(run_raw(str(model), Path(args.raw_only), args)))
+        print("BENCH_RAW " + json.dumps(run_raw(str(model), Path(args.raw_only), args)), flush=True)
         return
     write_model(model, args.shape, args.max_len)
     random.seed(args.seed)
@@ -163,8 +163,9 @@ def main() -> None:
         return
     # raw first, in its own process, so its GPU memory is free again before Ray Data starts its engines
     out = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--raw-only", str(convs_file)],
-                         check=True, capture_output=True, text=True)
-    raw = json.loads(out.stdout.strip().splitlines()[-1])
+                         check=True, stdout=subprocess.PIPE, text=True)  # its log goes to the console
+    print(out.stdout, end="")
+    raw = json.loads(next(x for x in out.stdout.splitlines() if x.startswith("BENCH_RAW "))[len("BENCH_RAW "):])
     ray_side = run_ray(str(model), convs, args)
     raw_rate = raw["generated_tokens"] / (raw["start_s"] + raw["generate_s"])
     raw_gen_rate = raw["generated_tokens"] / raw["generate_s"]

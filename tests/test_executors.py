@@ -251,6 +251,7 @@ def test_ray_executor_labels_equal_the_local_labels(ray_session, server, tmp_pat
     pairs.write_text("".join(json.dumps({"id": f"p{i}", "prompt": f"question {i}",
                                          "responses": [f"answer one {i}", f"answer two {i}"]}) + "\n" for i in range(3)))
     server.top_logprobs = [("A", -0.4), (" B", -1.3), ("C", -4.0)]
+    server.reject_fields = {"continue_final_message"}  # a server without assistant prefill: both executors drop it
     try:
         out = {}
         for kind in ("local", "ray"):
@@ -261,9 +262,13 @@ def test_ray_executor_labels_equal_the_local_labels(ray_session, server, tmp_pat
         a = (tmp_path / "local" / "label" / "labels.jsonl").read_text()
         b = (tmp_path / "ray" / "label" / "labels.jsonl").read_text()
         assert a == b and a.strip()
-        assert out["ray"]["model"]["backend"] == "ray" and out["ray"]["model"]["throughput"]["jobs"] >= 1
+        ray_model, local_model = out["ray"]["model"], out["local"]["model"]
+        assert ray_model["backend"] == "ray" and ray_model["throughput"]["jobs"] == 2  # the refused rows, sent again
+        assert set(ray_model["not_applied"]) == set(local_model["not_applied"]) == {"assistant_prefill"}
+        assert out["ray"]["labels"] == out["local"]["labels"]
     finally:
         server.top_logprobs = None
+        server.reject_fields = set()
 
 
 # ------------------------------------------------------------------------------------------- training launch

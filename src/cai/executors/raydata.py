@@ -30,6 +30,7 @@ import time
 from typing import Any
 
 from cai.backends.base import Backend, Completion, Conversation, GenParams, empty_reason, failed_completion
+from cai.backends.openai_http import FIELD_RE, OPTIONAL_FIELDS
 from cai.backends.spec import ModelSpec
 from cai.errors import ModelError
 from cai.executors.config import ExecutorConfig
@@ -84,6 +85,7 @@ class RayDataBackend(Backend):
         self.ray_seconds = 0.0
         self.jobs = 0
         self._processor: Any = None
+        self._dropped: set[str] = set()  # optional request fields the server refused (http engine)
 
     # ------------------------------------------------------------------ protocol
     def generate(self, conversations: list[Conversation], params: GenParams) -> list[Completion]:
@@ -176,7 +178,35 @@ class RayDataBackend(Backend):
         return p, c
 
     def _run(self, requests: list[dict], conversations: list[Conversation]) -> list[dict]:
-        """Run ``requests`` as one Ray Data job; the answers' flat rows, in input order."""
+        """Run ``requests`` as one Ray Data job; the answers' flat rows, in input order.
+
+        Rows a server refused for an optional field (``repetition_penalty``, the prefill fields, ``seed``) are sent
+        again without it, and every later request goes without it, as the HTTP backend does; the manifest lists it.
+        """
+        sent = [{k: v for k, v in r.items() if k not in self._dropped} for r in requests]
+        rows = self._job(sent, conversations)
+        for _ in OPTIONAL_FIELDS:
+            refused = [i for i, row in enumerate(rows) if self._refused_field(sent[i], row["error"])]
+            if not refused:
+                break
+            for i in refused:
+                sent[i] = {k: v for k, v in requests[i].items() if k not in self._dropped}
+            self.stats.retries += len(refused)
+            for i, row in zip(refused, self._job([sent[i] for i in refused], [conversations[i] for i in refused])):
+                rows[i] = dict(row, cai_index=i)
+        return rows
+
+    def _refused_field(self, sent: dict, error: str) -> bool:
+        """Whether ``error`` refuses an optional field of the request as ``sent``; that field (with the fields that
+        work with it) is then left out of this and every later request."""
+        for f, what in OPTIONAL_FIELDS.items():
+            if error and f in sent and FIELD_RE[f].search(error):
+                self._dropped.update(g for g, w in OPTIONAL_FIELDS.items() if w == what)
+                self.stats.not_applied.setdefault(what, f"the server rejected `{f}` ({error[:200]}); sent without it")
+                return True
+        return False
+
+    def _job(self, requests: list[dict], conversations: list[Conversation]) -> list[dict]:
         if not requests:
             return []
         import pyarrow as pa
