@@ -312,6 +312,9 @@ def test_report_compares_reward_model_direct_and_preference_only_routes(tmp_path
     rows = {r["model"]: r for r in route_rows(data)}
     assert rows["rl-rm"]["route"] == "reward model (grpo)" and rows["rl-rm"]["seconds"] == 120.0
     assert (rows["rl-rm"]["calls"], rows["rl-rm"]["questions"]) == (3, 48)
+    # a backend that did not count its scoring calls: one per shard of the label stage
+    _manifest(rm / "label", {"accounting": {"labeler": {"calls": 0}}, "labels": {"n": 40}, "config": {"shard_size": 32}})
+    assert route_rows(data)[1]["calls"] == 2
     assert rows["rl-direct"]["route"] == "direct RLAIF (grpo)" and rows["rl-direct"]["seconds"] == 90.0
     assert (rows["rl-direct"]["calls"], rows["rl-direct"]["questions"]) == (4, 32)
     assert rows["dpo"]["route"] == "preference only (dpo)" and rows["dpo"]["seconds"] == 70.0

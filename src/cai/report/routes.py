@@ -17,6 +17,7 @@ RLAIF). A model folder outside any stage (a path of your own) is listed with its
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -49,11 +50,15 @@ def _label_cost(m: dict[str, Any] | None) -> tuple[int | None, int | None]:
     """(batched calls, questions) of the label stage's labeler: questions = comparisons x 2 orders x principles."""
     if not m:
         return None, None
-    raw = (m.get("tokens") or {}).get("backend_stats") or {}
-    calls = ((m.get("accounting") or {}).get("labeler") or {}).get("calls", raw.get("calls"))
+    cfg = m.get("config") or {}
     n = (m.get("labels") or {}).get("n")
-    ensemble = (m.get("config") or {}).get("ensemble", 1)
-    return calls, (int(n) * 2 * int(ensemble) if isinstance(n, int) else raw.get("requests"))
+    calls = ((m.get("accounting") or {}).get("labeler") or {}).get("calls")
+    if not calls and isinstance(n, int):
+        # a backend that does not count scoring calls: one batched scoring call per shard (plus one reasoning call
+        # per shard in cot mode), as cai label makes them
+        shards = math.ceil(n / int(cfg.get("shard_size") or 32))
+        calls = shards * (2 if cfg.get("mode") == "cot" else 1)
+    return calls, (int(n) * 2 * int(cfg.get("ensemble", 1)) if isinstance(n, int) else None)
 
 
 def _route(model_path: str) -> dict[str, Any]:
