@@ -281,7 +281,7 @@ def lint_constitution(
                         f"{cfg.max_demo_words})", "shorten the demonstration", i, "demonstrations")
         for tag, close in _tag_typos(p):
             add("tag-typo", "warning", f"tag '{tag}' is unknown; did you mean '{close}'?", f"write '{close}' (or keep "
-                f"'{tag}' if it is meant as a custom tag, which counts towards no coverage)", i, "tags")
+                f"'{tag}' if it is meant as a custom tag; it counts towards coverage only where a taxonomy maps it)", i, "tags")
     for d_i, d in enumerate(const.demonstrations):
         for fld in ("prompt", "response", "critique", "revision"):
             n = _words(getattr(d, fld))
