@@ -176,6 +176,17 @@ def injection_part(guard) -> dict:
     return out
 
 
+def print_latency(lat: dict) -> None:
+    loop = lat["loop"] or {"p50": "-", "p95": "-", "calls_per_request": float("nan")}
+    print(f"p50/p95 ms  bare {lat['bare']['p50']}/{lat['bare']['p95']}  guard {lat['guard']['p50']}/{lat['guard']['p95']}"
+          f"  loop {loop['p50']}/{loop['p95']}")
+    print(f"  cascade (embedding first stage) {lat['cascade']['p50']}/{lat['cascade']['p95']}")
+    print(f"calls/request  bare 1  guard {lat['guard']['calls_per_request']:.2f}  cascade "
+          f"{lat['cascade']['calls_per_request']:.2f}  loop {loop['calls_per_request']:.2f}")
+    print(f"overhead at p50 when nothing is flagged: guard {lat['overhead_ratio_p50_unflagged']}, cascade "
+          f"{lat['cascade_overhead_ratio_p50_unflagged']} (goal <= 1.3)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="embedded", help="policy model and checker (default: embedded)")
@@ -209,18 +220,12 @@ def main() -> None:
                     "max_new_tokens": args.max_new_tokens, "cpu_count": os.cpu_count(),
                     "load_average": os.getloadavg()[0]}
     cascade = Guard(GuardConfig(**base, prefilter={"kind": "embedding"}), pool=pool)
-    cascade.check([{"role": "user", "content": "warm up"}], "ok")  # embeds the reference prompts once
     t0 = time.perf_counter()
-    report["latency"] = latency_part(guard, cascade, prompts, args.max_new_tokens, loop=not args.skip_loop)
-    lat = report["latency"]
-    loop = lat["loop"] or {"p50": "-", "p95": "-", "calls_per_request": float("nan")}
-    print(f"p50/p95 ms  bare {lat['bare']['p50']}/{lat['bare']['p95']}  guard {lat['guard']['p50']}/{lat['guard']['p95']}"
-          f"  loop {loop['p50']}/{loop['p95']}")
-    print(f"  cascade (embedding first stage) {lat['cascade']['p50']}/{lat['cascade']['p95']}")
-    print(f"calls/request  bare 1  guard {lat['guard']['calls_per_request']:.2f}  cascade "
-          f"{lat['cascade']['calls_per_request']:.2f}  loop {loop['calls_per_request']:.2f}")
-    print(f"overhead at p50 when nothing is flagged: guard {lat['overhead_ratio_p50_unflagged']}, cascade "
-          f"{lat['cascade_overhead_ratio_p50_unflagged']} (goal <= 1.3)")
+    if prompts:
+        cascade.check([{"role": "user", "content": "warm up"}], "ok")  # embeds the reference prompts once
+        t0 = time.perf_counter()
+        report["latency"] = latency_part(guard, cascade, prompts, args.max_new_tokens, loop=not args.skip_loop)
+        print_latency(report["latency"])
     if args.eval_limit > 0:
         report["eval"] = eval_part(guard, cascade, args.eval_limit)
     if args.injections:
