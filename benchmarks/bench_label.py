@@ -9,8 +9,10 @@ Run from the repository root::
 The pairs are built in the script from shipped red-team prompts (train split) with short fixed answers: a refusal
 that offers a safe alternative and a compliant-sounding answer, alternating which one comes first. Both modes run the
 real ``label`` stage (``run_label``) on the same labeler instance, after a warm-up that loads the model, so the
-timings exclude loading. Printed: labels/second of each mode, their ratio, label statistics (position consistency,
-mean confidence, share of labels preferring the refusal) and, last, one JSON line with every figure.
+timings exclude loading. The modes run in alternating repetitions (logprob, cot, logprob, ...), so load from other
+processes falls on both; wall-clock and this process's CPU seconds are both reported. Printed: labels/second of each
+mode, their ratio, label statistics (position consistency, mean confidence, share of labels preferring the refusal),
+peak RSS and the machine's load and, last, one JSON line with every figure.
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_common import machine_state, peak_rss_mb, timed  # noqa: E402
 
 from cai.backends.base import GenParams  # noqa: E402
 from cai.backends.registry import BackendPool  # noqa: E402
@@ -60,15 +65,14 @@ def build_pairs(n: int) -> list[dict]:
     return rows
 
 
-def run_mode(mode: str, pairs: Path, work: Path, pool: BackendPool, args) -> dict:
+def run_mode(mode: str, pairs: Path, work: Path, pool: BackendPool, args, rep: int = 0) -> dict:
     cfg = LabelConfig(
         labeler=args.labeler, pairs=str(pairs), mode=mode, cot_tokens=args.cot_tokens, ensemble=args.ensemble, seed=args.seed
     )
-    t0 = time.perf_counter()
-    m = run_label(cfg, str(work / f"run-{mode}"), pool=pool)
-    dt = time.perf_counter() - t0
-    labels = read_jsonl(work / f"run-{mode}" / "label" / "labels.jsonl")
-    return {"seconds": dt, "labels": labels, "manifest": m}
+    run = work / f"run-{mode}-{rep}"
+    m, wall, cpu = timed(lambda: run_label(cfg, str(run), pool=pool))
+    labels = read_jsonl(run / "label" / "labels.jsonl")
+    return {"seconds": wall, "cpu_seconds": cpu, "labels": labels, "manifest": m}
 
 
 def main() -> int:
@@ -78,7 +82,14 @@ def main() -> int:
     ap.add_argument("--ensemble", type=int, default=1, help="principles per comparison")
     ap.add_argument("--labeler", default="embedded", help="labeler model: embedded, a folder, openai:NAME@URL")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--reps", type=int, default=1, help="alternating repetitions of each mode")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     args = ap.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    before = machine_state()
 
     rows = build_pairs(args.pairs)
     spec = ModelSpec.model_validate(args.labeler)
@@ -94,7 +105,15 @@ def main() -> int:
         work = Path(tmp)
         pairs = work / "pairs.jsonl"
         write_jsonl(pairs, [{k: v for k, v in r.items() if k != "refusal_index"} for r in rows])
-        results = {mode: run_mode(mode, pairs, work, pool, args) for mode in ("logprob", "cot")}
+        reps: dict[str, list[dict]] = {"logprob": [], "cot": []}
+        for rep in range(args.reps):
+            for mode in reps:
+                reps[mode].append(run_mode(mode, pairs, work, pool, args, rep))
+                print(f"rep {rep + 1} {mode:8s}: {reps[mode][-1]['seconds']:.1f} s wall, "
+                      f"{reps[mode][-1]['cpu_seconds']:.1f} s CPU", flush=True)
+    results = {mode: dict(runs[-1], seconds=sum(r["seconds"] for r in runs) / len(runs),
+                          cpu_seconds=sum(r["cpu_seconds"] for r in runs) / len(runs)) for mode, runs in reps.items()}
+    after = machine_state()
 
     refusal_of = {r["id"]: r["refusal_index"] for r in rows}
     summary: dict = {
@@ -114,7 +133,9 @@ def main() -> int:
         s = res["manifest"]["labels"]
         summary[mode] = {
             "seconds": round(res["seconds"], 2),
+            "cpu_seconds": round(res["cpu_seconds"], 2),
             "labels_per_s": round(len(res["labels"]) / res["seconds"], 4),
+            "labels_per_cpu_s": round(len(res["labels"]) / res["cpu_seconds"], 4),
             "position_consistency": s["position_consistency_rate"],
             "mean_confidence": s["mean_confidence"],
             "position_bias": s["position_bias"],
@@ -127,6 +148,11 @@ def main() -> int:
     summary["modes_agree"] = round(sum(agree) / len(agree), 3) if agree else None
     lp, cot = summary["logprob"]["labels_per_s"], summary["cot"]["labels_per_s"]
     summary["speed_ratio_logprob_over_cot"] = round(lp / cot, 2) if cot else None
+    lpc, cotc = summary["logprob"]["labels_per_cpu_s"], summary["cot"]["labels_per_cpu_s"]
+    summary["cpu_speed_ratio_logprob_over_cot"] = round(lpc / cotc, 2) if cotc else None
+    summary["reps"] = args.reps
+    summary["peak_rss_mb"] = peak_rss_mb()
+    summary["machine"] = {"before": before, "after": after, "loaded": before["loaded"] or after["loaded"]}
 
     print(f"labeler: {summary['labeler']}  pairs: {len(rows)}  ensemble: {args.ensemble}  (load + warm-up {load_s:.1f} s)")
     for mode in ("logprob", "cot"):
@@ -137,8 +163,11 @@ def main() -> int:
             f"{s['share_preferring_refusal']} of labels"
             + (f", {s['generated_tokens']} reasoning/answer tokens generated" if s["generated_tokens"] else "")
         )
-    print(f"logprob scoring is {summary['speed_ratio_logprob_over_cot']}x the speed of chain-of-thought labeling; "
-          f"the two modes pick the same answer in {summary['modes_agree']} of pairs")
+    print(f"logprob scoring is {summary['speed_ratio_logprob_over_cot']}x the speed of chain-of-thought labeling "
+          f"(CPU time: {summary['cpu_speed_ratio_logprob_over_cot']}x); the two modes pick the same answer in "
+          f"{summary['modes_agree']} of pairs; peak RSS {summary['peak_rss_mb']} MiB; load average "
+          f"{before['loadavg_1m']} -> {after['loadavg_1m']} on {after['cpus']} CPUs"
+          + (" (loaded machine)" if summary["machine"]["loaded"] else ""))
     print(json.dumps(summary))
     return 0
 

@@ -175,6 +175,8 @@ class DecodeState:
     # --- attention ---------------------------------------------------------------------------------------------------
     def attend(self, layer: int, query, key, value, mask, scaling):
         """softmax(q·[prefix; own]ᵀ)·[prefix; own] for one layer, without repeating the prefix per row."""
+        if query.device.type == "cpu":
+            return self._attend_cpu(layer, query, key, value, mask, scaling)
         B, H, Lq, d = query.shape
         kvh = key.shape[1]
         G = H // kvh
@@ -201,4 +203,31 @@ class DecodeState:
             den = e_o.sum(-1, keepdim=True)
             out = torch.matmul(e_o.to(value.dtype), value).float()
         out = (out / den).to(query.dtype).view(B, kvh, G, Lq, d).reshape(B, H, Lq, d)
+        return out.transpose(1, 2).contiguous(), None
+
+    def _attend_cpu(self, layer: int, query, key, value, mask, scaling):
+        """The same on CPU with torch's fused attention kernel, which also returns each query's log-sum-exp: the own
+        part and the prefix part (every query of the batch as one sequence against the one prefix) are each one call,
+        merged by their log-sum-exps."""
+        flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+        B, H, Lq, d = query.shape
+        kvh = key.shape[1]
+        G = H // kvh
+        qg = query.reshape(B, kvh, G * Lq, d)
+        add = None
+        if mask is not None:
+            T = key.shape[2]
+            m = mask[:, :, None].expand(B, 1, G, Lq, T).reshape(B, 1, G * Lq, T)
+            add = torch.zeros(m.shape, dtype=query.dtype, device=query.device).masked_fill_(~m, float("-inf"))
+        out, lse = flash(qg, key, value, 0.0, False, attn_mask=add, scale=scaling)
+        if self.prefix is not None:
+            pk, pv = self.prefix.layers[layer]
+            qp = qg.transpose(0, 1).reshape(1, kvh, B * G * Lq, d)
+            out_p, lse_p = flash(qp, pk[None], pv[None], 0.0, False, scale=scaling)
+            out_p = out_p.view(kvh, B, G * Lq, d).transpose(0, 1)
+            lse_p = lse_p.view(kvh, B, G * Lq).transpose(0, 1)
+            mx = torch.maximum(lse, lse_p)
+            w_o, w_p = torch.exp(lse - mx)[..., None], torch.exp(lse_p - mx)[..., None]
+            out = (out.float() * w_o + out_p.float() * w_p) / (w_o + w_p)
+        out = out.to(query.dtype).view(B, kvh, G, Lq, d).reshape(B, H, Lq, d)
         return out.transpose(1, 2).contiguous(), None

@@ -93,11 +93,16 @@ def run_evaluate(
         m = shard.items[0]["model"]
         backend, judge = res["models"][m], res["judge"]
         t0 = time.perf_counter()
-        comps = accounts.measure(f"model:{m}", backend, lambda: backend.generate(
-            [conversation(cfg, it["prompt"]) for it in items],
-            GenParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=cfg.seed)))
+        convs = [conversation(cfg, it["prompt"]) for it in items]
+        params = GenParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=cfg.seed)
+        # greedy answers do not depend on the call they are in: one call per batch, so progress shows as it goes
+        step = (getattr(backend, "batch_size", None) if cfg.temperature == 0 else None) or max(1, len(convs))
+        comps = []
+        for a in range(0, len(convs), step):
+            part = accounts.measure(f"model:{m}", backend, lambda: backend.generate(convs[a:a + step], params))
+            comps.extend(part)
+            prog.advance(0, sum(c.completion_tokens for c in part))
         timing["generate_seconds"][m] = round(time.perf_counter() - t0, 2)
-        prog.advance(0, sum(c.completion_tokens for c in comps))
         t0 = time.perf_counter()
         verdicts = accounts.measure("judge", getattr(judge, "backend", None),
                                     lambda: judge.judge([it["prompt"] for it in items], [c.text for c in comps]))
