@@ -114,6 +114,7 @@ def test_http_requests_are_the_http_backends_requests():
                    "seed": p.seed_for(1), "stop": ["\n"], "repetition_penalty": 1.2,
                    "continue_final_message": True, "add_generation_prompt": False}
     assert eng.url == "http://127.0.0.1:9/v1/chat/completions"
+    assert eng.penalty().describe()["repetition_penalty_route"].startswith("field")  # nothing answers on port 9
     assert eng.score_request(conv[:1]) == {"model": "stub-model", "messages": conv[:1], "max_tokens": 1,
                                            "temperature": 0, "logprobs": True, "top_logprobs": 20}
     assert eng.option_scores({" A": -0.5, "(B": -1.0, "C": -2.0}, ["A", "B"]) == [-0.5, -1.0]
@@ -194,6 +195,11 @@ def test_the_vllm_processor_is_built_without_vllm(ray_session):
     assert list(proc.stages) == ["ChatTemplateStage", "TokenizeStage", "vLLMEngineStage", "DetokenizeStage"]
     stage = proc.stages["vLLMEngineStage"]
     assert stage.fn_constructor_kwargs["engine_kwargs"]["max_model_len"] == 4096
+    # repetition_penalty keeps its local meaning: the engines load the answer-only processor and requests ask for it
+    assert cfg.engine_kwargs["logits_processors"] == ["cai.resources.vllm.cai_answer_penalty:AnswerRepetitionPenalty"]
+    req = eng.generate_request([{"role": "user", "content": "q"}], GenParams(repetition_penalty=1.2), 5)
+    assert req["sampling_params"]["extra_args"] == {"answer_repetition_penalty": 1.2}
+    assert "repetition_penalty" not in req["sampling_params"]
     pool = stage.map_batches_kwargs["compute"]
     assert (pool.min_size, pool.max_size) == (4, 4)
 

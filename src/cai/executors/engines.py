@@ -19,13 +19,17 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from typing import Any, Callable
 
 from cai.backends.base import Conversation, GenParams
 from cai.backends.openai_http import logsumexp, normalize_option
+from cai.backends.openai_penalty import PLUGIN_KEY, ServerPenalty
 from cai.backends.spec import ModelSpec
 from cai.errors import ConfigError
 from cai.executors.config import ExecutorConfig
+
+#: The vLLM logits processor that penalizes only the answer's tokens (cai/resources/vllm/cai_answer_penalty.py).
+ANSWER_PENALTY_PROCESSOR = "cai.resources.vllm.cai_answer_penalty:AnswerRepetitionPenalty"
 
 #: Log-probabilities a server returns per scored position (OpenAI's maximum).
 TOP_LOGPROBS = 20
@@ -50,7 +54,7 @@ class HttpEngine:
 
     kind = "http"
 
-    def __init__(self, spec: ModelSpec, ex: ExecutorConfig):
+    def __init__(self, spec: ModelSpec, ex: ExecutorConfig, note: Callable[[str, str], None] = lambda f, w: None):
         if spec.backend != "openai":
             raise ConfigError(
                 f"executor engine 'http' sends requests to a server, but the role's model is '{spec.label()}'.",
@@ -58,6 +62,18 @@ class HttpEngine:
         self.spec, self.ex = spec, ex
         self.model = spec.model
         self.url = spec.base_url.rstrip("/") + "/chat/completions"
+        self._note = note
+        self._penalty: ServerPenalty | None = None
+
+    def penalty(self) -> ServerPenalty:
+        """How ``repetition_penalty`` reaches the server: chosen once, as the HTTP backend chooses it."""
+        if self._penalty is None:
+            import httpx
+
+            self._penalty = ServerPenalty(httpx.Client(headers=self.headers()), self.spec.base_url, self.model,
+                                          mode=self.spec.penalty_route, end_of_turn=self.spec.end_of_turn,
+                                          end_of_turn_logit=self.spec.end_of_turn_logit, note=self._note)
+        return self._penalty
 
     def headers(self) -> dict[str, str]:
         key = os.environ.get(self.spec.api_key_env)
@@ -88,8 +104,7 @@ class HttpEngine:
             extra["seed"] = seed
         if params.stop:
             extra["stop"] = list(params.stop)
-        if params.repetition_penalty != 1.0:
-            extra["repetition_penalty"] = params.repetition_penalty
+        extra.update(self.penalty().fields(params.repetition_penalty, set()))
         return self._payload(conv, **extra)
 
     def score_request(self, conv: Conversation) -> dict:
@@ -150,8 +165,9 @@ class VllmEngine:
         self._option_ids: dict[str, list[int]] | None = None
 
     def engine_kwargs(self) -> dict[str, Any]:
+        # The toolkit's logits processor gives repetition_penalty its local meaning (answer tokens only).
         return {"tensor_parallel_size": self.ex.tensor_parallel_size, "enable_prefix_caching": True,
-                **self.ex.engine_kwargs}
+                "logits_processors": [ANSWER_PENALTY_PROCESSOR], **self.ex.engine_kwargs}
 
     def config(self) -> Any:
         from ray.data.llm import vLLMEngineProcessorConfig
@@ -166,7 +182,9 @@ class VllmEngine:
 
     def generate_request(self, conv: Conversation, params: GenParams, seed: int | None) -> dict:
         sampling: dict[str, Any] = {"max_tokens": params.max_new_tokens, "temperature": params.temperature,
-                                    "top_p": params.top_p, "repetition_penalty": params.repetition_penalty}
+                                    "top_p": params.top_p}
+        if params.repetition_penalty != 1.0:
+            sampling["extra_args"] = {PLUGIN_KEY: params.repetition_penalty}
         if seed is not None:
             sampling["seed"] = seed
         if params.stop:

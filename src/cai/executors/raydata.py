@@ -80,7 +80,9 @@ class RayDataBackend(Backend):
         super().__init__(spec.model)
         self.spec, self.ex = spec, ex
         self.versions = check_versions(ex.engine)
-        self.engine: HttpEngine | VllmEngine = HttpEngine(spec, ex) if ex.engine == "http" else VllmEngine(spec, ex)
+        self.engine: HttpEngine | VllmEngine = (
+            HttpEngine(spec, ex, note=lambda f, why: self.stats.not_applied.setdefault(f, why))
+            if ex.engine == "http" else VllmEngine(spec, ex))
         self.empty_retries = max(0, empty_retries)
         self.ray_seconds = 0.0
         self.jobs = 0
@@ -150,8 +152,11 @@ class RayDataBackend(Backend):
                  throughput=self.throughput())
         if isinstance(self.engine, VllmEngine):
             d["model_source"] = self.engine.model_source
+            d["repetition_penalty_route"] = "plugin (answer tokens only, as locally)"
         else:
             d["model"] = self.spec.label()
+            if self.engine._penalty is not None:
+                d.update(self.engine._penalty.describe())
         return d
 
     def throughput(self) -> dict[str, Any]:
