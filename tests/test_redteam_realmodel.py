@@ -45,3 +45,31 @@ def test_supervised_round_fine_tunes_the_attacker_on_successes(tmp_path):
     assert len(sup) == 2 and all(r["attacker"].endswith("redteam/attacker/sft/model") for r in sup)
     assert (tmp_path / "redteam" / "attacker" / "sft" / "manifest.json").exists()
     assert m.models["supervised_attacker"]["trained_on"] >= 1
+
+
+@pytest.mark.slow
+def test_sigkilled_redteam_resumes_to_the_same_cases(cai_exe, subprocess_env, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import time
+
+    args = ["redteam", "--model", "fake:delay=0.2", "--per-category", "2", "--shard-size", "2",
+            "--on-topic-threshold", "0", "--run", "k"]
+    cmd = lambda runs: [str(cai_exe), *args, "--runs-dir", str(runs)]  # noqa: E731
+    stage = tmp_path / "killed" / "k" / "redteam"
+    victim = subprocess.Popen(cmd(tmp_path / "killed"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              env=subprocess_env)
+    deadline = time.monotonic() + 120
+    while len(list((stage / "shards").glob("0*.jsonl"))) < 2:
+        assert victim.poll() is None and time.monotonic() < deadline, "no two shards written before the run ended"
+        time.sleep(0.05)
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait(timeout=30)
+    assert not (stage / "manifest.json").exists()
+    for runs in (tmp_path / "killed", tmp_path / "ref"):
+        done = subprocess.run(cmd(runs), capture_output=True, text=True, env=subprocess_env, timeout=600)
+        assert done.returncode == 0, done.stderr
+    assert read_jsonl(stage / "cases.jsonl") == read_jsonl(tmp_path / "ref" / "k" / "redteam" / "cases.jsonl")
+    m = load_manifest("redteam", stage)
+    assert m.timing["resumed_rows"] >= 4
