@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pytest
 
+from cai import registry
 from cai.backends.base import failed_completion
 from cai.backends.fake import FakeBackend
 from cai.backends.registry import BackendPool
@@ -328,13 +329,24 @@ def test_a_pipeline_revises_on_a_redteam_run_s_attacks(tmp_path):
 
     runs = tmp_path / "runs"
     run_redteam(cfg(categories=["fraud"], per_category=2), runs / "r", pool=make_pool(), embedder=bag_embed)
-    attacks = runs / "r" / "redteam" / "attacks.jsonl"
+    attacks = read_jsonl(runs / "r" / "redteam" / "attacks.jsonl")
     conf = tmp_path / "p.yaml"
-    conf.write_text(f"runs_dir: {runs}\nstages: [revise]\nbase_model: fake\nrevise: {{helpful: null, rounds: 1}}\n",
-                    encoding="utf-8")
-    run_pipeline(load_pipeline_config(str(conf), ["run=r", f"revise.prompts={attacks}"]))
-    data = read_jsonl(runs / "r" / "revise" / "data.jsonl")
-    assert sorted(d["id"] for d in data) == sorted(a["id"] for a in read_jsonl(attacks))
+    conf.write_text(f"runs_dir: {runs}\nstages: [revise]\nbase_model: fake\n"
+                    "revise: {helpful: null, rounds: 1, limit: 3}\n", encoding="utf-8")
+    # revise adds this run's attacks to the shipped prompts by itself (revise.attacks: run)
+    out = run_pipeline(load_pipeline_config(str(conf), ["run=r"]))
+    ids = [d["id"] for d in read_jsonl(runs / "r" / "revise" / "data.jsonl")]
+    assert len(ids) == 3 + len(attacks) and set(a["id"] for a in attacks) <= set(ids)
+    # and `attacks: null` leaves them out
+    run_pipeline(load_pipeline_config(str(conf), ["run=r2", "revise.attacks=null"]))
+    assert len(read_jsonl(runs / "r2" / "revise" / "data.jsonl")) == 3
+
+
+def test_redteam_runs_in_a_pipeline_only_when_named():
+    from cai.pipeline import PipelineConfig
+
+    assert "redteam" in registry.PIPELINE_STAGES and "redteam" not in PipelineConfig().stages
+    assert PipelineConfig(stages=["redteam", "revise"]).stages == ["redteam", "revise"]
 
 
 def test_off_topic_attacks_are_unscored_and_not_sent(tmp_path):

@@ -26,9 +26,10 @@ def test_every_record_loads(rec):
 
 
 def test_the_pipeline_is_built_from_the_registry():
-    assert STAGES == registry.PIPELINE_STAGES == ("revise", "sft", "pairs", "label", "reward", "rl", "dpo", "eval")
+    assert STAGES == registry.PIPELINE_STAGES == (
+        "redteam", "revise", "sft", "pairs", "label", "reward", "rl", "dpo", "eval")
     assert set(STAGES) <= set(PipelineConfig.model_fields)
-    assert PipelineConfig().stages == list(STAGES)
+    assert PipelineConfig().stages == list(registry.DEFAULT_PIPELINE) == list(STAGES[1:])  # redteam only when named
     assert registry.TRAINING_STAGES == ("sft", "reward", "rl", "dpo", "orpo")
 
 

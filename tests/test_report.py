@@ -253,7 +253,7 @@ def test_writes_both_files_into_run_report(full_report):
     assert Path(res["html"]) == run / "report" / "report.html"
     assert Path(res["summary"]) == run / "report" / "summary.md"
     assert html.startswith("<!DOCTYPE html>")
-    assert res["stages"] == {"revise": "complete", "pairs": "not run", "label": "complete", "sft": "complete",
+    assert res["stages"] == {"redteam": "not run", "revise": "complete", "pairs": "not run", "label": "complete", "sft": "complete",
                              "reward": "complete", "dpo": "complete", "rl": "complete", "eval": "complete"}
     assert not list((run / "report").glob(".*.tmp")), "atomic write left a temporary file"
 

@@ -38,7 +38,11 @@ class _PipelineBase(BaseModel):
 
     run: str = Field(default="pipeline", description="Run name: everything goes to RUNS_DIR/RUN/<stage>/")
     runs_dir: str = Field(default="runs", description="Folder holding runs")
-    stages: list[StageName] = Field(default_factory=lambda: list(STAGES), description="Stages to run, in pipeline order")
+    stages: list[StageName] = Field(
+        default_factory=lambda: list(registry.DEFAULT_PIPELINE),
+        description="Stages to run, in pipeline order (default: all but redteam; name redteam to write attacks "
+        "that revise then adds to its red-team prompts)",
+    )
     reuse: dict[StageName, str] = Field(
         default_factory=dict, description="Stage -> an earlier run folder whose finished stage is reused (linked)"
     )

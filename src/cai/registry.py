@@ -47,6 +47,7 @@ class Stage:
     outputs: tuple[str, ...] = ()
     curves: tuple[str, ...] = ()  # metric names this stage logs per step in metrics.jsonl
     pipeline: bool = True
+    default_on: bool = True  # runs in a pipeline whose YAML names no `stages:` (else only when named)
     summary: str | None = None  # "module:function(stage_dir, manifest, done_before)" printing the CLI summary
     summary_in_pipeline: bool = False  # `cai pipeline` prints the summary too, right after the stage
     aliases: dict[str, tuple[str, ...]] = field(default_factory=dict)  # extra flag names for a field
@@ -81,9 +82,9 @@ _LABEL_PREFS = Input("data", "label", "preference.jsonl", description="this run'
 
 STAGES: tuple[Stage, ...] = (
     Stage(
-        name="redteam", kind="sharded", pipeline=False,
+        name="redteam", kind="sharded", default_on=False,
         help="Red-team the target: an attacker model writes attacks per harm category, judges score the answers; "
-             "successes go to attacks.jsonl (for `cai revise --prompts` and `cai eval --harmful`).",
+             "successes go to attacks.jsonl, which revise adds to its prompts (and `cai eval --harmful` can score).",
         config="cai.redteam.config:RedteamConfig", run="cai.redteam.stage:run_redteam",
         roles=("attacker", "target"), outputs=("cases.jsonl", "attacks.jsonl"),
         summary="cai.cli.summaries:redteam",
@@ -174,6 +175,8 @@ STAGES: tuple[Stage, ...] = (
 
 BY_NAME: dict[str, Stage] = {s.name: s for s in STAGES}
 PIPELINE_STAGES: tuple[str, ...] = tuple(s.name for s in STAGES if s.pipeline)
+#: The stages a pipeline runs when its YAML names none (``redteam`` runs only when named).
+DEFAULT_PIPELINE: tuple[str, ...] = tuple(s.name for s in STAGES if s.pipeline and s.default_on)
 TRAINING_STAGES: tuple[str, ...] = tuple(s.name for s in STAGES if s.kind == "training")
 # The models `cai eval` compares by default in a pipeline: name in the report -> the stage whose model it is.
 EVAL_MODELS: dict[str, str] = {"sl-cai": "sft", "rl-cai": "rl", "rl-cai-dpo": "dpo"}

@@ -6,6 +6,8 @@ a killed run resumes exactly where it stopped and produces the same rows as an u
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
 from typing import Callable
 
 from typing import Literal
@@ -47,8 +49,14 @@ class ReviseConfig(BaseModel):
     prompt_split: str = Field(default="train", description="Split of the prompt file to use: train, eval or all")
     column_map: dict[str, str] = Field(default_factory=dict, description="Our field -> your column, e.g. {prompt: question}")
     limit: int | None = Field(default=None, ge=1, description="Use only the first N red-team prompts")
+    attacks: str | None = Field(
+        default="run",
+        description="Model-written attacks added to the red-team prompts: 'run' = this run's redteam/attacks.jsonl "
+        "when `cai redteam` ran in it (skipped if absent), a file in the same format, or null",
+    )
     helpful: str | None = Field(default="helpful", description="Helpful prompts answered by the policy for SFT mixing; null to skip")
     _helpful_none = field_validator("helpful", mode="before")(none_as_null)  # `--helpful none` means null
+    _attacks_none = field_validator("attacks", mode="before")(none_as_null)
     helpful_limit: int | None = Field(default=None, ge=0, description="Use only the first N helpful prompts")
     rounds: int = Field(default=4, ge=1, le=16, description="Critique-revision rounds per prompt (the CAI paper used 4)")
     mode: Literal["critique", "direct"] = Field(
@@ -306,6 +314,10 @@ def run_revise(
     """Run (or resume) the ``revise`` stage into ``run_dir/revise`` on the shared sharded runner. Returns the manifest."""
     const = load_constitution(cfg.constitution)
     red = load_prompts(cfg.prompts, split=cfg.prompt_split, column_map=cfg.column_map, limit=cfg.limit)
+    attacks_file, attack_rows = _attacks(cfg, run_dir)
+    taken = {r["id"]: r["prompt"] for r in red}  # an attack already among the prompts is not added twice
+    red += [dict(r, id=r["id"] if r["id"] not in taken else f"attack-{r['id']}") for r in attack_rows
+            if taken.get(r["id"]) != r["prompt"]]
     helpful = []
     if cfg.helpful and cfg.helpful_limit != 0:
         helpful = load_prompts(cfg.helpful, split="train", limit=cfg.helpful_limit)
@@ -352,9 +364,21 @@ def run_revise(
 
     return run_sharded(
         run_dir, "revise", items, shard_size=cfg.shard_size, seed=cfg.seed,
-        identity={"revise": cfg.model_dump(mode="json"), "constitution_hash": const.content_hash()},
+        identity={"revise": cfg.model_dump(mode="json"), "constitution_hash": const.content_hash(),
+                  **({"attacks": attacks_file} if attacks_file else {})},
         load=load, work=work, finish=finish, overwrite=overwrite, on_progress=on_progress, on_ready=on_ready,
     )
+
+
+def _attacks(cfg: ReviseConfig, run_dir: str | Path) -> tuple[dict | None, list[dict]]:
+    """The attacks file in use (path and sha256, for the stage's identity) and its rows."""
+    if not cfg.attacks:
+        return None, []
+    path = Path(run_dir) / "redteam" / "attacks.jsonl" if cfg.attacks == "run" else Path(cfg.attacks)
+    if cfg.attacks == "run" and not path.exists():
+        return None, []
+    rows = load_prompts(str(path), split="all")
+    return {"path": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()[:16], "rows": len(rows)}, rows
 
 
 class _Metered:
