@@ -90,7 +90,7 @@ def main() -> None:
         "eval_stage_seconds": round(sum(e["wall_s"] for e in evals) / len(evals), 1),
         "eval_stage_cpu_seconds": round(sum(e["cpu_s"] for e in evals) / len(evals), 1),
         "peak_rss_mb": peak_rss_mb(),
-        "machine": {"before": before, "after": after, "loaded": before["loaded"] or after["loaded"]},
+        "machine": {"before": before, "after": after, "loaded": before["loaded"]},
         "runs": {"eval": evals, "plain": plains},
     }
     print(f"cai eval generation {res['eval_generate_tokens_per_s']} tok/s vs plain batched generation "

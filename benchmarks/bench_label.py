@@ -152,7 +152,7 @@ def main() -> int:
     summary["cpu_speed_ratio_logprob_over_cot"] = round(lpc / cotc, 2) if cotc else None
     summary["reps"] = args.reps
     summary["peak_rss_mb"] = peak_rss_mb()
-    summary["machine"] = {"before": before, "after": after, "loaded": before["loaded"] or after["loaded"]}
+    summary["machine"] = {"before": before, "after": after, "loaded": before["loaded"]}
 
     print(f"labeler: {summary['labeler']}  pairs: {len(rows)}  ensemble: {args.ensemble}  (load + warm-up {load_s:.1f} s)")
     for mode in ("logprob", "cot"):
