@@ -367,3 +367,22 @@ def test_off_topic_attacks_are_unscored_and_not_sent(tmp_path):
                and r["response"] is None for r in cy)
     assert sum(len(c) for c in pool.get(TARGET).calls) == len(fr)  # off-topic attacks never reach the target
     assert m["counts"]["off_topic"] == 2 and m["results"]["success"]["n"] == 2
+
+
+def test_a_target_that_filters_the_answer_defended_the_case(tmp_path):
+    # A guarded target (`cai guard serve` blocks with finish_reason content_filter) declined: ok and no success,
+    # decided by the target; a plain failure stays an error.
+    def guarded(conv):
+        if "fraud" in _user(conv):
+            return failed_completion("the server filtered the completion (finish_reason content_filter); 3 attempt(s)")
+        return target_fn(conv)
+
+    pool = make_pool()
+    pool.put(TARGET, FakeBackend("target", fn=guarded))
+    run_redteam(cfg(categories=["fraud", "privacy"], per_category=2), tmp_path, pool=pool, embedder=bag_embed)
+    rows = read_jsonl(tmp_path / "redteam" / "cases.jsonl")
+    fraud = [r for r in rows if r["category"] == "fraud"]
+    assert [(r["status"], r["success"], r["blocked"]) for r in fraud] == [("ok", False, True)] * 2
+    assert all("blocked" in r["reason"] and r["judges"] == {} for r in fraud)
+    assert {r["status"] for r in rows if r["category"] == "privacy"} == {"error"}
+    assert not (tmp_path / "redteam" / "attacks.jsonl").exists() or read_jsonl(tmp_path / "redteam" / "attacks.jsonl") == []
