@@ -199,7 +199,7 @@ def test_rl_config_accepts_reward_constitution_and_keeps_old_fingerprints():
         RLStageConfig.model_validate({"reward": "labeler"})
     rm = RLStageConfig()
     assert not set(DIRECT_FIELDS) & set(_identity(rm))  # a run started before these settings resumes
-    assert {k: v for k, v in identity_config(rm).items() if k not in DIRECT_FIELDS} == _identity(rm)
+    assert {k: v for k, v in identity_config(rm).items() if k not in {*DIRECT_FIELDS, "vllm"}} == _identity(rm)
     assert _identity(cfg)["reward"] == "constitution" and _identity(cfg)["labeler"]["backend"] == "fake"
 
 

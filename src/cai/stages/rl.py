@@ -63,6 +63,7 @@ from cai.train.ppo import (  # noqa: F401 - the PPO pieces stay importable from 
 from cai.stages.reward import reward_model_of
 from cai.train.direct_reward import DIRECT_FIELDS, DirectRewardSettings, constitution_scorer, reward_block
 from cai.train.rl_metrics import METRIC_KEYS, RewardModelReward, refusal_classifier
+from cai.train.vllm_rollouts import VllmRollouts, trl_vllm_kwargs
 from cai.train.runner import Trained, TrainingRun, identity_config, run_training
 from cai.train.settings import TrainSettings
 
@@ -109,6 +110,11 @@ class RLStageConfig(DirectRewardSettings, TrainSettings):
     logging_steps: int = Field(default=1, ge=1, description="Write a metrics.jsonl record every N steps")
     save_steps: int = Field(default=10, ge=1, description="Write a resumable checkpoint every N steps")
     warmup_ratio: float = Field(default=0.0, ge=0, lt=1, description="Share of the steps spent warming the learning rate up")
+    vllm: VllmRollouts | None = Field(
+        default=None,
+        description="grpo/rloo on a GPU: rollouts on vLLM, {mode: colocate} or {mode: server, server_base_url: URL} "
+        "(TRL's use_vllm; null = the policy generates)",
+    )
     # PPO only
     ppo_epochs: int = Field(default=2, ge=1, description="ppo: optimization passes over each batch of rollouts")
     ppo_minibatches: int = Field(default=2, ge=1, description="ppo: minibatches per pass (rollouts are split evenly)")
@@ -154,6 +160,9 @@ def run_rl(cfg: RLStageConfig, run_dir: str | Path, *, overwrite: bool = False, 
     """Run (or resume) ``cai rl`` into ``run_dir/rl``. Returns the manifest. ``pool``: the backend pool the labeler
     comes from (``reward: constitution``; a new one when not given)."""
     run_dir = Path(run_dir)
+    if cfg.vllm is not None and cfg.algorithm == "ppo":
+        raise UserInputError("rl.vllm needs algorithm grpo or rloo: the toolkit's PPO generates with the policy itself",
+                             fix="set algorithm: grpo (or rloo), or remove the vllm section")
     policy_path, policy_label, policy_source = resolve_policy(cfg.policy, run_dir)
     direct = cfg.reward == "constitution"
     reward_path = None if direct else reward_model_of(cfg.reward_model, run_dir)
@@ -217,8 +226,9 @@ def run_rl(cfg: RLStageConfig, run_dir: str | Path, *, overwrite: bool = False, 
 
 def _identity(cfg: RLStageConfig) -> dict[str, Any]:
     """The config in the stage's fingerprint; with ``reward: model`` the direct-RLAIF fields stay out of it, so a run
-    started before they existed resumes."""
+    started before they existed resumes. Where rollouts run (``vllm``) does not change what is trained."""
     ident = identity_config(cfg)
+    ident.pop("vllm", None)
     if cfg.reward == "model":
         for k in DIRECT_FIELDS:
             ident.pop(k, None)
@@ -246,6 +256,7 @@ def _trl_train(cfg: RLStageConfig, policy_path: Path, tok, rows: list[dict], rew
         temperature=cfg.temperature,
         top_p=cfg.top_p,
         shuffle_dataset=True,
+        **trl_vllm_kwargs(cfg.vllm),
     )
     trainer = Trainer(
         model=load_causal_lm(policy_path, tok),
