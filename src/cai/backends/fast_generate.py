@@ -185,10 +185,11 @@ def generate_batch(b: "TransformersBackend", seqs: list[list[int]], params: GenP
             fed += 1
     for j, r in enumerate(alive):
         save(j, r)
-    return _completions(b, seqs, out_tokens, finished, stops)
+    return completions(b, seqs, out_tokens, finished, stops)
 
 
-def _completions(b, seqs, out_tokens, finished, stops) -> list[Completion]:
+def completions(b, seqs, out_tokens, finished, stops) -> list[Completion]:
+    """Decode each row's tokens into a Completion (stop strings cut, empty text a failed row) and count them."""
     comps = []
     for r, s in enumerate(seqs):
         toks = out_tokens[r]
@@ -214,7 +215,8 @@ def _completions(b, seqs, out_tokens, finished, stops) -> list[Completion]:
 MIN_GROUP = 32
 
 
-def _lcp(a: list[int], b: list[int]) -> int:
+def common_prefix_len(a: list[int], b: list[int]) -> int:
+    """How many leading tokens two sequences share."""
     n = min(len(a), len(b))
     i = 0
     while i < n and a[i] == b[i]:
@@ -235,7 +237,7 @@ def last_logits(b: "TransformersBackend", seqs: list[list[int]], store: RowStore
     groups: list[tuple[int, list[int]]] = []  # (group prefix length, members)
     for i in order:
         if groups:
-            n = min(groups[-1][0], _lcp(seqs[groups[-1][1][-1]], seqs[i]))
+            n = min(groups[-1][0], common_prefix_len(seqs[groups[-1][1][-1]], seqs[i]))
             if n >= base + MIN_GROUP:
                 groups[-1] = (n, groups[-1][1] + [i])
                 continue

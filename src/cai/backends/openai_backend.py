@@ -60,6 +60,7 @@ from cai.backends.openai_penalty import ServerPenalty
 from cai.backends.openai_http import FieldRejected as _FieldRejected
 from cai.backends.openai_http import Retryable as _Retryable
 from cai.backends.openai_http import http_error, retry_after, unknown_model_error
+from cai.backends.openai_http import first_token_logprobs
 from cai.backends.openai_http import logsumexp as _logsumexp
 from cai.backends.openai_http import normalize_option as _normalize_option
 from cai.backends.openai_http import snippet as _snippet
@@ -326,12 +327,7 @@ class OpenAIBackend(Backend):
         if not isinstance(content, list) or not content or not isinstance(content[0], dict):
             return None
         first = content[0]
-        top: dict[str, float] = {}
-        for item in first.get("top_logprobs") or []:
-            if isinstance(item, dict) and isinstance(item.get("token"), str) and item.get("logprob") is not None:
-                top.setdefault(item["token"], float(item["logprob"]))
-        if isinstance(first.get("token"), str) and first.get("logprob") is not None:
-            top.setdefault(first["token"], float(first["logprob"]))
+        top = first_token_logprobs(first)
         return top or None
 
     def _first_choice(self, body: Any) -> dict:

@@ -134,3 +134,14 @@ def retry_after(resp: httpx.Response) -> float | None:
     if when is None:
         return None
     return max(0.0, when.timestamp() - time.time())
+
+
+def first_token_logprobs(first: dict) -> dict[str, float]:
+    """Token text -> log-probability of a chat response's first position (its ``top_logprobs`` and the token itself)."""
+    top: dict[str, float] = {}
+    for item in first.get("top_logprobs") or []:
+        if isinstance(item, dict) and isinstance(item.get("token"), str) and item.get("logprob") is not None:
+            top.setdefault(item["token"], float(item["logprob"]))
+    if isinstance(first.get("token"), str) and first.get("logprob") is not None:
+        top.setdefault(first["token"], float(first["logprob"]))
+    return top

@@ -23,9 +23,9 @@ import time
 from collections import OrderedDict
 from typing import Any
 
-from cai.backends.base import Backend, Completion, Conversation, GenParams, empty_reason, failed_completion, request_seed
+from cai.backends.base import Backend, Completion, Conversation, GenParams, failed_completion, request_seed
 from cai.backends.chat_tokens import ChatEncoder
-from cai.backends.fast_generate import generate_batch, last_logits
+from cai.backends.fast_generate import completions, generate_batch, last_logits
 from cai.backends.prefix_attention import RowStore, install
 from cai.errors import ModelError, UserInputError
 
@@ -314,25 +314,7 @@ class TransformersBackend(Backend):
                         layer.keys = layer.keys.index_select(0, idx)
                         layer.values = layer.values.index_select(0, idx)
                         layer.batch_size = len(idx)
-        comps = []
-        for r, s in enumerate(seqs):
-            toks = out_tokens[r]
-            finish = "stop" if finished[r] else "length"
-            text = self.tok.decode(toks, skip_special_tokens=True)
-            cuts = [k for k in (text.find(stop) for stop in stops) if k >= 0]
-            if cuts:
-                text, finish = text[: min(cuts)], "stop"
-            reason = empty_reason(text)
-            if reason is not None:
-                if not toks:
-                    reason = "empty completion (the model ended its answer at once)"
-                comps.append(failed_completion(reason, len(s), len(toks)))
-            else:
-                comps.append(Completion(text=text.strip(), prompt_tokens=len(s), completion_tokens=len(toks), finish_reason=finish))
-            self.stats.requests += 1
-            self.stats.prompt_tokens += len(s)
-            self.stats.completion_tokens += len(toks)
-        return comps
+        return completions(self, seqs, out_tokens, finished, stops)
 
     @staticmethod
     def _pick(logits, params: GenParams, gens):

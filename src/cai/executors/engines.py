@@ -22,7 +22,7 @@ import os
 from typing import Any, Callable
 
 from cai.backends.base import Conversation, GenParams
-from cai.backends.openai_http import logsumexp, normalize_option
+from cai.backends.openai_http import first_token_logprobs, logsumexp, normalize_option
 from cai.backends.openai_penalty import PLUGIN_KEY, ServerPenalty
 from cai.backends.spec import ModelSpec
 from cai.errors import ConfigError
@@ -143,12 +143,7 @@ def http_postprocess(row: dict) -> dict:
     lp = choice.get("logprobs")
     if isinstance(lp, dict) and lp.get("content"):
         first = lp["content"][0]
-        top: dict[str, float] = {}
-        for item in first.get("top_logprobs") or []:
-            if isinstance(item, dict) and isinstance(item.get("token"), str) and item.get("logprob") is not None:
-                top.setdefault(item["token"], float(item["logprob"]))
-        if isinstance(first.get("token"), str) and first.get("logprob") is not None:
-            top.setdefault(first["token"], float(first["logprob"]))
+        top = first_token_logprobs(first)
         out["top"] = json.dumps(top)
     return out
 

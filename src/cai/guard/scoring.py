@@ -12,6 +12,7 @@ backends (servers, llama.cpp) are used as they are: they cache shared prefixes t
 from __future__ import annotations
 
 from cai.backends.base import Backend, Completion, Conversation, GenParams
+from cai.backends.fast_generate import common_prefix_len
 
 MIN_PREFIX = 16
 
@@ -100,14 +101,6 @@ class PrefixScorer(Backend):
         return out
 
 
-def _lcp(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
-
-
 def _groups(bases: list[list[int]]) -> list[tuple[int, int, int]]:
     """Runs of consecutive prompts sharing most of their tokens: (start, end, shared prefix length).
 
@@ -119,7 +112,7 @@ def _groups(bases: list[list[int]]) -> list[tuple[int, int, int]]:
         first = bases[lo]
         hi, p = lo + 1, len(first) - 1
         while hi < len(bases):
-            c = _lcp(first, bases[hi])
+            c = common_prefix_len(first, bases[hi])
             if c < len(first) // 2:
                 break
             p = min(p, c, len(bases[hi]) - 1)
