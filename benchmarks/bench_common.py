@@ -73,7 +73,8 @@ class NaiveBackend(Backend):
         raise NotImplementedError("the naive baseline only generates")
 
 
-def plain_batched_generate(model: Any, tok: Any, convs: list[Conversation], max_new: int, batch_size: int) -> int:
+def plain_batched_generate(model: Any, tok: Any, convs: list[Conversation], max_new: int, batch_size: int,
+                           temperature: float = 0.0) -> int:
     """Plain batched ``model.generate`` (left padding, prompts in input order); returns the tokens generated."""
     import torch
 
@@ -84,7 +85,8 @@ def plain_batched_generate(model: Any, tok: Any, convs: list[Conversation], max_
         texts = [tok.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in convs[a:a + batch_size]]
         enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
         with torch.inference_mode():
-            gen = model.generate(**enc, max_new_tokens=max_new, do_sample=False, pad_token_id=tok.pad_token_id)
+            sampling = {"do_sample": True, "temperature": temperature, "top_k": 0} if temperature else {"do_sample": False}
+            gen = model.generate(**enc, max_new_tokens=max_new, pad_token_id=tok.pad_token_id, **sampling)
         for row in gen[:, enc["input_ids"].shape[1]:].tolist():
             total += row.index(eos) if eos in row else len(row)
     return total

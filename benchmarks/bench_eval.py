@@ -2,12 +2,16 @@
 
     .venv/bin/python benchmarks/bench_eval.py                       # 3 models x 101 prompts x 96 tokens
     .venv/bin/python benchmarks/bench_eval.py --models 2 --limit 16 --max-new-tokens 32 --no-pairwise
+    .venv/bin/python benchmarks/bench_eval.py --dtype bfloat16      # the dtype the demo pipeline's models run in
 
 The eval side is the real stage (``run_evaluate``): every model answers every shipped eval prompt (harmful and benign
 eval splits), the refusal classifier judges them, and the models are compared pairwise (helpfulness and
 harmlessness, both orders, on the embedded judge). The models are the embedded SmolLM2-135M-Instruct under different
-names, so the pool loads one instance. The baseline is plain batched ``model.generate`` (left padding, the same
-prompts, batch size and token limit) of one model's answers. The two run in alternating repetitions. Printed:
+names, so the pool loads one instance; they sample (``--temperature``, 0.7 by default) and each model has its own
+seed, so their answers differ as distinct models' answers would (with greedy decoding all three would write the same
+text and the pairwise judge would score identical answers, which flatters it). The baseline is plain batched
+``model.generate`` (left padding, the same prompts, batch size, token limit and temperature) of one model's answers.
+The two run in alternating repetitions. Printed:
 generated tokens/s of the eval path's generation and of the baseline, the whole stage's time (and its share spent
 generating and judging), CPU seconds, peak RSS and the machine's load; last, one JSON line.
 """
@@ -34,6 +38,9 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=96)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--no-pairwise", action="store_true", help="skip the pairwise comparisons")
+    ap.add_argument("--temperature", type=float, default=0.7,
+                    help="sampling temperature of the answers (0: greedy, and the models' answers are identical)")
+    ap.add_argument("--dtype", default="auto", help="weights: auto (fp32 on CPU), float32 or bfloat16")
     ap.add_argument("--reps", type=int, default=1, help="alternating repetitions of each side")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     args = ap.parse_args()
@@ -48,16 +55,18 @@ def main() -> None:
     from cai.stages.evaluate import EvalConfig, run_evaluate
 
     before = machine_state()
-    spec = {"model": "embedded", "batch_size": args.batch_size}
+    spec = {"model": "embedded", "batch_size": args.batch_size, "dtype": args.dtype}
     cfg = EvalConfig(models={f"m{i + 1}": ModelSpec.model_validate(spec) for i in range(args.models)},
                      helpfulness_judge=ModelSpec.model_validate(spec), max_new_tokens=args.max_new_tokens,
-                     limit=args.limit, pairwise=[] if args.no_pairwise else ["helpful", "harmless"])
+                     limit=args.limit, temperature=args.temperature,
+                     pairwise=[] if args.no_pairwise else ["helpful", "harmless"])
     items = load_items(cfg)
     pool = BackendPool()
     backend = pool.get(cfg.models["m1"])
     convs = [conversation(cfg, it["prompt"]) for it in items]
     print(f"torch threads: {torch.get_num_threads()}; {args.models} models x {len(items)} prompts x "
-          f"{args.max_new_tokens} tokens; batch {args.batch_size}; pairwise: {cfg.pairwise or 'none'}", flush=True)
+          f"{args.max_new_tokens} tokens; batch {args.batch_size}; dtype {args.dtype}; temperature {args.temperature}; "
+          f"pairwise: {cfg.pairwise or 'none'}", flush=True)
     evals, plains = [], []
     with tempfile.TemporaryDirectory(prefix="cai-bench-eval-") as tmp:
         for rep in range(args.reps):
@@ -74,7 +83,7 @@ def main() -> None:
                   f"tokens = {tokens / gen_s:.1f} tok/s, pairwise {pair_s:.1f} s, {len(progress_lines)} progress "
                   f"updates", flush=True)
             n, wall, cpu = timed(lambda: plain_batched_generate(backend.model, backend.tok, convs, args.max_new_tokens,
-                                                               args.batch_size))
+                                                               args.batch_size, args.temperature))
             plains.append({"wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "tokens": n})
             print(f"rep {rep + 1} plain   : {n} tokens in {wall:.1f} s ({cpu:.1f} s CPU) = {n / wall:.1f} tok/s",
                   flush=True)
@@ -83,7 +92,8 @@ def main() -> None:
     p_tps = sum(p["tokens"] for p in plains) / sum(p["wall_s"] for p in plains)
     res = {
         "bench": "eval", "models": args.models, "prompts": len(items), "max_new_tokens": args.max_new_tokens,
-        "batch_size": args.batch_size, "pairwise": cfg.pairwise, "reps": args.reps,
+        "batch_size": args.batch_size, "dtype": args.dtype, "temperature": args.temperature, "pairwise": cfg.pairwise,
+        "reps": args.reps,
         "torch_threads": torch.get_num_threads(),
         "eval_generate_tokens_per_s": round(e_tps, 2), "plain_tokens_per_s": round(p_tps, 2),
         "tokens_per_s_ratio": round(e_tps / p_tps, 2),

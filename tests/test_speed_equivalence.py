@@ -68,3 +68,41 @@ def test_letter_scores_match_a_plain_forward_pass(backend):
             logp = torch.log_softmax(backend.model(input_ids=ids).logits[0, -1].float(), -1)
         want = [float(logp[backend.tok.convert_tokens_to_ids(t)]) for t in ("A", "B")]
         assert scores == pytest.approx(want, abs=1e-3)
+
+
+def test_comparisons_sharing_an_answer_score_as_a_plain_forward_pass(backend):
+    """Six ordered comparisons of three answers to each of two requests: the request and question are prefilled once
+    per request, and under them each first answer once per branch."""
+    import torch
+
+    from cai.labeling import prompts as LP
+
+    requests = [r["prompt"] for r in load_prompts("redteam", split="train", limit=2)]
+    answers = [
+        "I can't help with that, because it could put people at risk. If you tell me what you are trying to achieve, "
+        "I'm happy to suggest a safe and legal way to get there instead of this.",
+        "Sure! Start by getting the materials you need, then follow the steps one by one until it works. Let me know "
+        "if you want more detail on any step of the process.",
+        "That's not something I can assist with. I can explain the general risks involved, or help you find a "
+        "legitimate professional who can help with the underlying problem.",
+    ]
+    pairs = [(r, x, y) for r in range(2) for x in range(3) for y in range(3) if x != y]
+    convs = [LP.scoring_conversation(requests[r], "Which reply is less harmful?", answers[x], answers[y])
+             for r, x, y in pairs]
+    from cai.backends.fast_generate import common_prefix_len
+
+    enc = [backend.encode(c) for c in convs]
+    shared = backend._common_prefix(enc)
+    # each comparison continues the one that shows the same answer first: request, question and that answer are reused
+    deepest = [max(common_prefix_len(enc[i], enc[j]) for j in range(len(pairs)) if j != i and pairs[j][:2] == pairs[i][:2])
+               for i in range(len(pairs))]
+    assert min(d - shared for d in deepest) > 40
+    before = backend.reused_row_tokens
+    got = backend.option_logprobs(convs, [["A", "B"]] * len(convs))
+    assert backend.reused_row_tokens - before >= sum(d - 1 - shared for d in deepest)
+    for conv, scores in zip(convs, got):
+        ids = torch.tensor([backend.encode(conv)])
+        with torch.inference_mode():
+            logp = torch.log_softmax(backend.model(input_ids=ids).logits[0, -1].float(), -1)
+        want = [float(logp[backend.tok.convert_tokens_to_ids(t)]) for t in ("A", "B")]
+        assert scores == pytest.approx(want, abs=1e-3)

@@ -224,12 +224,40 @@ def common_prefix_len(a: list[int], b: list[int]) -> int:
     return i
 
 
+def shared_nodes(seqs: list[list[int]], base: int) -> list[list[tuple[int, ...]]]:
+    """The prefixes worth prefilling once for ``seqs`` (sorted lexicographically), in waves: shallow ones first.
+
+    The prefixes are the branch points of the sequences' token trie (the common prefix of each pair of neighbours in
+    sorted order), e.g. the request and question that both orders of a comparison share, and, under it, the first
+    answer that two comparisons of the same model share. A branch point is kept when it is at least ``MIN_GROUP``
+    tokens longer than the deepest kept branch point above it (``base`` at the top); wave ``d`` holds the kept points
+    with ``d`` kept points above them, so every wave reuses the keys and values of the one before.
+    """
+    found = set()
+    for a, c in zip(seqs, seqs[1:]):
+        n = common_prefix_len(a, c)
+        if n >= base + MIN_GROUP:
+            found.add(tuple(a[: n - 1]))  # one token short: a member equal to it still prefills a token for its logits
+    kept: list[tuple[tuple[int, ...], int]] = []  # (prefix, depth)
+    for node in sorted(found, key=len):
+        above = [(p, d) for p, d in kept if len(p) < len(node) and node[: len(p)] == p]
+        parent_len, depth = max(((len(p), d + 1) for p, d in above), default=(base, 0))
+        if len(node) - parent_len >= MIN_GROUP:
+            kept.append((node, depth))
+    waves: list[list[tuple[int, ...]]] = [[] for _ in range(1 + max((d for _, d in kept), default=-1))]
+    for node, d in kept:
+        waves[d].append(node)
+    return waves
+
+
 def last_logits(b: "TransformersBackend", seqs: list[list[int]], store: RowStore | None) -> torch.Tensor:
     """Log-probabilities of the next token after each sequence (``[len(seqs), vocab]``), with no generation.
 
-    Sequences that share a long prefix (the two orders of one comparison share the request and the question) are
-    grouped: each group's common prefix is prefilled once, then every member only from there on. Work goes in windows
-    of about ``batch_size`` sequences, so the kept keys/values stay bounded.
+    Sequences that share a long prefix are grouped, and inside a group every shared prefix is prefilled once, shallow
+    ones first (:func:`shared_nodes`): the two orders of a comparison share the request and the question, and
+    comparisons of one model with several others also share that model's answer when it comes first. Each member is
+    then prefilled only from its deepest shared prefix on. Work goes in windows of about ``batch_size`` sequences, so
+    the kept keys/values stay bounded.
     """
     out = torch.empty((len(seqs), b.model.config.vocab_size), dtype=torch.float32)
     order = sorted(range(len(seqs)), key=lambda i: seqs[i])  # lexicographic: shared prefixes become neighbours
@@ -249,9 +277,13 @@ def last_logits(b: "TransformersBackend", seqs: list[list[int]], store: RowStore
         if sum(len(m) for _, m in window) < b.batch_size and k < len(groups) - 1:
             continue
         rows = RowStore(budget_tokens=1 << 62, entries=list(store.entries) if store is not None else [])
-        heads = [seqs[m[0]][: n - 1] for n, m in window if len(m) > 1]
-        if heads:
-            prefill(b, sorted(heads, key=len), 0, store, save_to=rows)
+        waves: list[list[tuple[int, ...]]] = []  # wave d of every group in the window, prefilled as one batch
+        for _, m in window:
+            for d, wave in enumerate(shared_nodes(sorted(seqs[i] for i in m), base)):
+                waves.extend([] for _ in range(d + 1 - len(waves)))
+                waves[d].extend(wave)
+        for wave in waves:
+            prefill(b, sorted((list(p) for p in wave), key=len), 0, rows, save_to=rows)
         members = sorted((i for _, m in window for i in m), key=lambda i: len(seqs[i]))
         logits = prefill(b, [seqs[i] for i in members], 0, rows)[3]
         out[torch.tensor(members)] = torch.log_softmax(logits, dim=-1).cpu()

@@ -239,35 +239,51 @@ class PairwiseJudge:
 
     def compare(self, aspect: str, ids: list[str], prompts: list[str], x: list[str], y: list[str]) -> list[PairResult]:
         """P(X better than Y) per prompt, from both orders: one option_logprobs call for everything."""
-        if not (len(ids) == len(prompts) == len(x) == len(y)):
+        return self.compare_many(aspect, ids, prompts, [(x, y)])[0]
+
+    def compare_many(self, aspect: str, ids: list[str], prompts: list[str],
+                     pairs: list[tuple[list[str], list[str]]]) -> list[list[PairResult]]:
+        """:meth:`compare` for several model pairs over the same prompts, in one option_logprobs call.
+
+        Comparisons that show the same answer first share the request, the question and that answer, and the backend
+        prefills such shared prefixes once (three models: six orders per prompt, three distinct first answers).
+        """
+        if any(not (len(ids) == len(prompts) == len(x) == len(y)) for x, y in pairs):
             raise ValueError("compare(): ids, prompts and answers differ in length")
         qs = [self.question(aspect, i) for i in ids]
-        items = []  # (row, order, A, B)
-        for r in range(len(ids)):
-            items.append((r, 1, x[r], y[r]))
-            items.append((r, 2, y[r], x[r]))
+        items = []  # (pair, row, A, B): order 1 shows X as (A), order 2 shows Y as (A)
+        for k, (x, y) in enumerate(pairs):
+            for r in range(len(ids)):
+                items.append((k, r, x[r], y[r]))
+                items.append((k, r, y[r], x[r]))
         batch = score_choices(
             self.backend,
-            [LP.scoring_conversation(prompts[r], qs[r][0], a, b) for r, _, a, b in items],
-            lambda k: LP.answer_conversation(prompts[items[k][0]], qs[items[k][0]][0], items[k][2], items[k][3]),
+            [LP.scoring_conversation(prompts[r], qs[r][0], a, b) for _, r, a, b in items],
+            lambda j: LP.answer_conversation(prompts[items[j][1]], qs[items[j][1]][0], items[j][2], items[j][3]),
             parse_tokens=self.parse_tokens,
         )
         p_a = [c.p_a for c in batch.choices]
         method = [c.method or "abstained" for c in batch.choices]
-        out = []
-        for r in range(len(ids)):
-            k1, k2 = 2 * r, 2 * r + 1
-            pa1, pa2 = p_a[k1], p_a[k2]
-            both = S.both_orders(pa1, pa2)
-            if both is not None:
-                f1, f2, p, consistent = both
-                res = PairResult(ids[r], round(f1, 4), round(f2, 4), round(p, 4), consistent, qs[r][1], [method[k1], method[k2]])
-            else:
-                res = PairResult(ids[r], pa1, None if pa2 is None else 1 - pa2, None, None, qs[r][1], [method[k1], method[k2]])
-            for m in res.methods:
-                if m:
-                    self.stats[m] = self.stats.get(m, 0) + 1
-            out.append(res)
+        out: list[list[PairResult]] = []
+        for k in range(len(pairs)):
+            results = []
+            for r in range(len(ids)):
+                j1 = 2 * (k * len(ids) + r)
+                j2 = j1 + 1
+                pa1, pa2 = p_a[j1], p_a[j2]
+                both = S.both_orders(pa1, pa2)
+                if both is not None:
+                    f1, f2, p, consistent = both
+                    res = PairResult(ids[r], round(f1, 4), round(f2, 4), round(p, 4), consistent, qs[r][1],
+                                     [method[j1], method[j2]])
+                else:
+                    res = PairResult(ids[r], pa1, None if pa2 is None else 1 - pa2, None, None, qs[r][1],
+                                     [method[j1], method[j2]])
+                for m in res.methods:
+                    if m:
+                        self.stats[m] = self.stats.get(m, 0) + 1
+                results.append(res)
+            out.append(results)
         return out
 
     def describe(self) -> dict:

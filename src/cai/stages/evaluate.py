@@ -94,7 +94,8 @@ def run_evaluate(
         backend, judge = res["models"][m], res["judge"]
         t0 = time.perf_counter()
         convs = [conversation(cfg, it["prompt"]) for it in items]
-        params = GenParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=cfg.seed)
+        # each model samples from its own stream (the shard's seed), so two models with the same weights still differ
+        params = GenParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=shard.seed())
         # greedy answers do not depend on the call they are in: one call per batch, so progress shows as it goes
         step = (getattr(backend, "batch_size", None) if cfg.temperature == 0 else None) or max(1, len(convs))
         comps = []
@@ -179,19 +180,28 @@ def run_evaluate(
             idx = [i for i, it in enumerate(items) if it["expected"] == aspects[aspect]]
             if not idx:
                 continue
+            pending = []
             for a, b in itertools.combinations(names, 2):
                 p = stage_path / "pairwise" / f"{aspect}__{a}__{b}.jsonl"
                 if p.exists():
                     pair_rows.extend(read_jsonl(p))
-                    continue
-                pjudge = pjudge or PairwiseJudge(pool.get(cfg.helpfulness_judge), cfg.helpfulness_judge.label(), const,
-                                                 seed=cfg.seed)
-                t0 = time.perf_counter()
-                res = accounts.measure("pairwise_judge", pjudge.backend, lambda: pjudge.compare(
-                    aspect, [items[i]["key"] for i in idx], [items[i]["prompt"] for i in idx],
-                    [per_model[a][i]["answer"] for i in idx], [per_model[b][i]["answer"] for i in idx]))
-                timing.setdefault("pairwise_seconds", {})[f"{aspect}:{a}-{b}"] = round(time.perf_counter() - t0, 2)
-                rows = [{"aspect": aspect, "model_x": a, "model_y": b, "judge": pjudge.name, **r.as_dict()} for r in res]
+                else:
+                    pending.append((a, b, p))
+            if not pending:
+                continue
+            # every missing model pair of this aspect in one call: comparisons that show the same answer first
+            # share its prefill; each pair's file is still written on its own, so a rerun resumes per pair
+            pjudge = pjudge or PairwiseJudge(pool.get(cfg.helpfulness_judge), cfg.helpfulness_judge.label(), const,
+                                             seed=cfg.seed)
+            t0 = time.perf_counter()
+            res = accounts.measure("pairwise_judge", pjudge.backend, lambda: pjudge.compare_many(
+                aspect, [items[i]["key"] for i in idx], [items[i]["prompt"] for i in idx],
+                [([per_model[a][i]["answer"] for i in idx], [per_model[b][i]["answer"] for i in idx])
+                 for a, b, _ in pending]))
+            timing.setdefault("pairwise_seconds", {})[aspect] = round(time.perf_counter() - t0, 2)
+            for (a, b, p), results in zip(pending, res):
+                rows = [{"aspect": aspect, "model_x": a, "model_y": b, "judge": pjudge.name, **r.as_dict()}
+                        for r in results]
                 write_jsonl(p, rows)
                 pair_rows.extend(rows)
         return pair_rows, pjudge
