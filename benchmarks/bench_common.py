@@ -27,6 +27,30 @@ def peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
+def matmul_gflops(dtype: str = "float32", seconds: float = 1.0) -> float:
+    """This CPU's matrix-product speed in the shape of the embedded model's MLP (4096 x 576 by 576 x 1536), GFLOP/s.
+
+    The ceiling of any forward pass here: a prefill or a wide decode step is made of such products.
+    """
+    import torch
+
+    dt = getattr(torch, dtype)
+    a, w = torch.randn(4096, 576, dtype=dt), torch.randn(576, 1536, dtype=dt)
+    torch.matmul(a, w)
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        torch.matmul(a, w)
+        n += 1
+    return round(2 * 4096 * 576 * 1536 * n / (time.perf_counter() - t0) / 1e9, 1)
+
+
+def body_gflop_per_token(model: Any) -> float:
+    """Multiply-adds of the decoder layers per token position, in GFLOP (2 per weight; the LM head and attention
+    scores are left out): the model's share of the work that :func:`matmul_gflops` bounds."""
+    n = sum(p.numel() for p in model.model.layers.parameters())
+    return 2 * n / 1e9
+
+
 def timed(fn: Callable[[], Any]) -> tuple[Any, float, float]:
     """(result, wall seconds, CPU seconds of this process)."""
     w, c = time.perf_counter(), time.process_time()

@@ -2,8 +2,8 @@
 
 Run from the repository root::
 
-    .venv/bin/python benchmarks/bench_label.py                      # embedded SmolLM2, 12 pairs, 64 reasoning tokens
-    .venv/bin/python benchmarks/bench_label.py --pairs 24 --cot-tokens 96
+    .venv/bin/python benchmarks/bench_label.py                      # embedded SmolLM2, 12 pairs, 96 reasoning tokens
+    .venv/bin/python benchmarks/bench_label.py --pairs 24 --cot-tokens 64 --dtype bfloat16
     .venv/bin/python benchmarks/bench_label.py --labeler ./my-hf-model --ensemble 2
 
 The pairs are built in the script from shipped red-team prompts (train split) with short fixed answers: a refusal
@@ -13,6 +13,12 @@ timings exclude loading. The modes run in alternating repetitions (logprob, cot,
 processes falls on both; wall-clock and this process's CPU seconds are both reported. Printed: labels/second of each
 mode, their ratio, label statistics (position consistency, mean confidence, share of labels preferring the refusal),
 peak RSS and the machine's load and, last, one JSON line with every figure.
+
+Where the time goes: each mode also reports the token positions it ran through the model (padding included) and the
+speed of the decoder layers' matrix products over them, next to this CPU's own matrix-product speed measured in the
+same run (``matmul_gflops``). Log-probability labels are one prefill, so their speed is bounded by that ceiling; the
+chain of thought adds its reasoning tokens, decoded a few rows at a time. The ratio of the two modes is therefore
+about (prefill + reasoning decode) / prefill, whatever the engine does.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_common import machine_state, peak_rss_mb, timed  # noqa: E402
+from bench_common import body_gflop_per_token, machine_state, matmul_gflops, peak_rss_mb, timed  # noqa: E402
 
 from cai.backends.base import GenParams  # noqa: E402
 from cai.backends.registry import BackendPool  # noqa: E402
@@ -67,18 +73,29 @@ def build_pairs(n: int) -> list[dict]:
 
 def run_mode(mode: str, pairs: Path, work: Path, pool: BackendPool, args, rep: int = 0) -> dict:
     cfg = LabelConfig(
-        labeler=args.labeler, pairs=str(pairs), mode=mode, cot_tokens=args.cot_tokens, ensemble=args.ensemble, seed=args.seed
+        labeler=labeler_spec(args), pairs=str(pairs), mode=mode, cot_tokens=args.cot_tokens, ensemble=args.ensemble,
+        seed=args.seed,
     )
     run = work / f"run-{mode}-{rep}"
+    backend = pool.get(cfg.labeler)
+    before = getattr(backend, "forward_tokens", None)
     m, wall, cpu = timed(lambda: run_label(cfg, str(run), pool=pool))
     labels = read_jsonl(run / "label" / "labels.jsonl")
-    return {"seconds": wall, "cpu_seconds": cpu, "labels": labels, "manifest": m}
+    fwd = None if before is None else backend.forward_tokens - before
+    return {"seconds": wall, "cpu_seconds": cpu, "labels": labels, "manifest": m, "forward_tokens": fwd}
+
+
+def labeler_spec(args) -> ModelSpec:
+    spec = ModelSpec.model_validate(args.labeler)
+    return spec.model_copy(update={"dtype": args.dtype}) if args.dtype else spec
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--pairs", type=int, default=12, help="number of pairs (shipped red-team train prompts)")
-    ap.add_argument("--cot-tokens", type=int, default=64, help="max reasoning tokens in chain-of-thought mode")
+    ap.add_argument("--cot-tokens", type=int, default=96,
+                    help="max reasoning tokens in chain-of-thought mode (default: the label stage's own default)")
+    ap.add_argument("--dtype", default=None, help="labeler weights: float32 or bfloat16 (default: the spec's own)")
     ap.add_argument("--ensemble", type=int, default=1, help="principles per comparison")
     ap.add_argument("--labeler", default="embedded", help="labeler model: embedded, a folder, openai:NAME@URL")
     ap.add_argument("--seed", type=int, default=0)
@@ -92,7 +109,7 @@ def main() -> int:
     before = machine_state()
 
     rows = build_pairs(args.pairs)
-    spec = ModelSpec.model_validate(args.labeler)
+    spec = labeler_spec(args)
     pool = BackendPool()
     t0 = time.perf_counter()
     backend = pool.get(spec)
@@ -100,6 +117,10 @@ def main() -> int:
     backend.generate([[{"role": "user", "content": "Hello"}]], GenParams(max_new_tokens=2))
     backend.option_logprobs([[{"role": "user", "content": "Pick"}, {"role": "assistant", "content": "("}]], [["A", "B"]])
     load_s = time.perf_counter() - t0
+    model = getattr(backend, "model", None)
+    dtype = str(model.dtype).removeprefix("torch.") if model is not None else None
+    peak = matmul_gflops(dtype) if model is not None else None
+    per_token = body_gflop_per_token(model) if model is not None else None
 
     with tempfile.TemporaryDirectory(prefix="cai-bench-label-") as tmp:
         work = Path(tmp)
@@ -124,6 +145,8 @@ def main() -> int:
         "cot_tokens": args.cot_tokens,
         "warmup_load_s": round(load_s, 2),
         "torch_threads": _threads(),
+        "dtype": dtype,
+        "matmul_gflops": peak,
     }
     for mode, res in results.items():
         labeled = [x for x in res["labels"] if not x["abstained"]]
@@ -142,6 +165,8 @@ def main() -> int:
             "share_preferring_refusal": round(prefer_refusal / len(labeled), 3) if labeled else None,
             "generated_tokens": res["manifest"]["tokens"]["generated_this_session"],
             "warnings": len(res["manifest"]["warnings"]),
+            "forward_tokens_per_label": round(res["forward_tokens"] / len(res["labels"]), 1) if res["forward_tokens"] else None,
+            "layer_gflops": round(res["forward_tokens"] * per_token / res["seconds"], 1) if res["forward_tokens"] else None,
         }
     a, b = results["logprob"]["labels"], results["cot"]["labels"]
     agree = [x["chosen"] == y["chosen"] for x, y in zip(a, b) if x["chosen"] and y["chosen"]]
@@ -163,6 +188,9 @@ def main() -> int:
             f"{s['share_preferring_refusal']} of labels"
             + (f", {s['generated_tokens']} reasoning/answer tokens generated" if s["generated_tokens"] else "")
         )
+        if s["forward_tokens_per_label"]:
+            print(f"{'':8s}  {s['forward_tokens_per_label']} token positions through the model per label; decoder "
+                  f"layers at {s['layer_gflops']} GFLOP/s (this CPU's {dtype} matrix products: {peak} GFLOP/s)")
     print(f"logprob scoring is {summary['speed_ratio_logprob_over_cot']}x the speed of chain-of-thought labeling "
           f"(CPU time: {summary['cpu_speed_ratio_logprob_over_cot']}x); the two modes pick the same answer in "
           f"{summary['modes_agree']} of pairs; peak RSS {summary['peak_rss_mb']} MiB; load average "

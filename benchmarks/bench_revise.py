@@ -29,7 +29,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_common import NaiveBackend, machine_state, peak_rss_mb, timed  # noqa: E402
+from bench_common import NaiveBackend, body_gflop_per_token, machine_state, matmul_gflops, peak_rss_mb, timed  # noqa: E402
 
 
 def texts(rows: list[dict]) -> dict[tuple, str]:
@@ -91,10 +91,12 @@ def main() -> None:
             engine._cache.clear()  # every repetition starts cold: no prefix or row cache from the last one
             engine._rows.entries.clear()
             engine._rows.used = 0
-            tok0 = backend.stats.completion_tokens
+            tok0, fwd0 = backend.stats.completion_tokens, engine.forward_tokens
             out, wall, cpu = timed(lambda: revise_shard(its, const, cfg, backend, backend, backend, shard_index=0))
             tokens = backend.stats.completion_tokens - tok0
             runs[side].append({"prompts": len(its), "tokens": tokens, "wall_s": round(wall, 2), "cpu_s": round(cpu, 2)})
+            if side == "engine":  # token positions the engine ran through the model: prefills, decode steps, padding
+                runs[side][-1]["forward_tokens"] = engine.forward_tokens - fwd0
             outputs[side] = out
             print(f"rep {rep + 1} {side:6s}: {len(its)} prompts, {tokens} tokens in {wall:.1f} s wall / {cpu:.1f} s CPU "
                   f"= {tokens / wall:.1f} tok/s, {len(its) / wall * 3600:.0f} examples/h", flush=True)
@@ -117,12 +119,19 @@ def main() -> None:
     same = [ours.get(k) == v for k, v in theirs.items()]
     res["same_text"] = {"k": sum(same), "n": len(same)}
     res["reused_row_tokens"] = engine.reused_row_tokens
+    # where the engine's time goes: its decoder layers' matrix products against this CPU's own ceiling for them
+    fwd = sum(r["forward_tokens"] for r in runs["engine"])
+    res["engine_forward_tokens"] = fwd
+    res["engine_layer_gflops"] = round(fwd * body_gflop_per_token(engine.model) / sum(r["wall_s"] for r in runs["engine"]), 1)
+    res["matmul_gflops"] = matmul_gflops(args.dtype)
     res["peak_rss_mb"] = peak_rss_mb()
     res["machine"] = {"before": before, "after": after, "loaded": before["loaded"]}
     res["runs"] = runs
     print(f"ratio (engine / naive): tokens/s x{res['tokens_per_s_ratio']} (CPU time x{res['cpu_tokens_per_s_ratio']}), "
           f"examples/h x{res['examples_per_h_ratio']}; same greedy text in {sum(same)} of {len(same)} steps; "
-          f"peak RSS {res['peak_rss_mb']} MiB; load average {before['loadavg_1m']} -> {after['loadavg_1m']} on "
+          f"peak RSS {res['peak_rss_mb']} MiB; engine: {fwd} token positions through the model, decoder layers at "
+          f"{res['engine_layer_gflops']} GFLOP/s (this CPU's {args.dtype} matrix products: {res['matmul_gflops']} GFLOP/s); "
+          f"load average {before['loadavg_1m']} -> {after['loadavg_1m']} on "
           f"{after['cpus']} CPUs{' (loaded machine)' if res['machine']['loaded'] else ''}")
     print(json.dumps(res))
 

@@ -34,6 +34,7 @@ def prefix_kv(b: "TransformersBackend", tokens: tuple[int, ...]) -> PrefixKV:
     state = DecodeState(b.model.config, 1, len(tokens), None, b.model.dtype, b.device)
     n = len(tokens)
     causal = torch.ones((n, n), dtype=torch.bool, device=b.device).tril()[None, None]
+    b.forward_tokens += n
     with torch.inference_mode():
         b.model(input_ids=torch.tensor([list(tokens)], device=b.device), attention_mask=causal,
                 position_ids=torch.arange(n, device=b.device)[None], past_key_values=state, cai_state=state,
@@ -47,6 +48,7 @@ def prefix_kv(b: "TransformersBackend", tokens: tuple[int, ...]) -> PrefixKV:
 
 def forward(b: "TransformersBackend", state: DecodeState, ids, pos, mask):
     """Logits of the last position of each row (``[rows, vocab]``, float32)."""
+    b.forward_tokens += ids.numel()
     out = b.model(input_ids=ids, position_ids=pos, attention_mask=mask, past_key_values=state, cai_state=state,
                   use_cache=True, logits_to_keep=1)
     return out.logits[:, -1, :].float()
@@ -99,21 +101,33 @@ def prefill(b: "TransformersBackend", seqs: list[list[int]], extra: int, store: 
     b.stats.cached_prefix_tokens += P * B
     ids, pos = ids.to(dev), pos.to(dev)
     causal = torch.arange(R + U, device=dev)[None, :] <= torch.arange(R, R + U, device=dev)[:, None]  # [U, R+U]
-    chunk = max(1, b.prefill_tokens // max(U, 1))
     logits = []
-    state.start = R
     with torch.inference_mode():
-        for a in range(0, B, chunk):
-            z = min(B, a + chunk)
-            state.rows = slice(a, z)
-            mask = valid[a:z, None, None, :R + U] & causal[None, None]
-            logits.append(forward(b, state, ids[a:z], pos[a:z], mask))
-    state.rows = slice(None)
+        for a, z, w in _chunks([len(s) - n for s, (_, n) in zip(seqs, reuse)], b.prefill_tokens):
+            # a chunk runs only its own widest row's last w columns: no padding wider than the chunk needs
+            state.rows, state.start = slice(a, z), R + U - w
+            mask = valid[a:z, None, None, :R + U] & causal[None, None, U - w:]
+            logits.append(forward(b, state, ids[a:z, U - w:], pos[a:z, U - w:], mask))
+    state.rows, state.start = slice(None), R
     if save_to is not None:
         for i, s in enumerate(seqs):
             save_to.add(_entry(state, i, valid[i, :R + U], R + U, 0, tuple(s), prefix))
     next_pos = torch.tensor([len(s) for s in seqs], dtype=torch.long, device=dev)
     return state, valid, next_pos, torch.cat(logits), (prefix, R, U)
+
+
+def _chunks(widths: list[int], budget: int) -> list[tuple[int, int, int]]:
+    """Consecutive row ranges ``(a, z, w)`` for prefill calls: each holds rows while rows x widest row (``w``) stays
+    within ``budget`` tokens (at least one row per call)."""
+    out, a = [], 0
+    while a < len(widths):
+        z, w = a + 1, widths[a]
+        while z < len(widths) and (z + 1 - a) * max(w, widths[z]) <= budget:
+            w = max(w, widths[z])
+            z += 1
+        out.append((a, z, w))
+        a = z
+    return out
 
 
 def _entry(state: DecodeState, j: int, prompt_cols, start: int, n_gen: int, tokens: tuple[int, ...],
@@ -284,7 +298,13 @@ def last_logits(b: "TransformersBackend", seqs: list[list[int]], store: RowStore
                 waves[d].extend(wave)
         for wave in waves:
             prefill(b, sorted((list(p) for p in wave), key=len), 0, rows, save_to=rows)
-        members = sorted((i for _, m in window for i in m), key=lambda i: len(seqs[i]))
+        nodes = [p for wave in waves for p in wave]
+
+        def own(i: int) -> int:  # tokens member i still prefills past its deepest shared prefix
+            s = seqs[i]
+            return len(s) - max((len(p) for p in nodes if len(p) < len(s) and tuple(s[:len(p)]) == p), default=base)
+
+        members = sorted((i for _, m in window for i in m), key=own)  # similar widths share a prefill call
         logits = prefill(b, [seqs[i] for i in members], 0, rows)[3]
         out[torch.tensor(members)] = torch.log_softmax(logits, dim=-1).cpu()
         window = []

@@ -90,6 +90,8 @@ class TransformersBackend(Backend):
         self._rows = RowStore(self.row_cache_tokens)
         #: Prompt tokens whose keys/values came from a row of an earlier call instead of a prefill.
         self.reused_row_tokens = 0
+        #: Token positions run through the model on the fast path (padding included): the work a call really did.
+        self.forward_tokens = 0
         if model is None:
             if not os.path.isdir(model_path):
                 raise UserInputError(
