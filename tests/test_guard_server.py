@@ -247,13 +247,25 @@ def test_chat_passes_a_clean_answer_with_guardrails(env):
     assert g["action"] == "pass" and g["policy_id"] == "main" and len(g["policy_hash"]) == 16
     assert {v["principle_id"] for v in g["verdicts"]} == set(PRINCIPLES) and g["flagged"] == []
     assert {"generate", "check", "guard", "total"} <= set(g["latency_ms"]) and g["stream_mode"] is None
-    assert g["not_applied"] == {"temperature": "the policy's generation settings apply"}  # said, not dropped silently
+    assert g["not_applied"] == {}  # temperature reached the policy model
+    assert env["upstream"].params[-1].temperature == 0.3
+    assert resp.usage.completion_tokens > 0 and resp.usage.total_tokens == resp.usage.prompt_tokens + resp.usage.completion_tokens
     assert raw.headers["x-request-id"] == resp.id
     rec = audit_by_id(env)[resp.id]
     assert len(rec) == 1 and rec[0]["status"] == 200 and rec[0]["key_id"] == "alice"
     assert rec[0]["policy_hash"] == g["policy_hash"] and rec[0]["upstream"] == "fake"
     # content is redacted by default: lengths and digests only
     assert "boil" not in json.dumps(rec[0]) and rec[0]["messages"][1]["chars"] == len("How do I boil an egg?")
+
+
+def test_sampling_fields_reach_the_policy_model_and_unknown_ones_are_named(env):
+    resp = client(env).chat.completions.create(
+        model="main", messages=ask("List three fruits please"), temperature=0.9, top_p=0.5, seed=7, stop=["three"],
+        max_tokens=40, frequency_penalty=0.5)
+    p = env["upstream"].params[-1]
+    assert (p.temperature, p.top_p, p.seed, p.stop, p.max_new_tokens) == (0.9, 0.5, 7, ["three"], 40)
+    assert resp.choices[0].message.content.rstrip() == "Answer: List"  # cut before the stop string
+    assert resp.guardrails["not_applied"] == {"frequency_penalty": "the policy's generation settings apply"}
 
 
 def test_block_revise_and_flag_actions(env):

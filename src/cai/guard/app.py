@@ -36,7 +36,8 @@ log = logging.getLogger("cai.guard.server")
 
 POLICY_HEADER = "x-guard-policy"
 #: Request fields the server acts on; any other field given is listed in ``guardrails.not_applied``.
-HANDLED_FIELDS = {"model", "messages", "stream", "n", "guardrails", "user", "max_tokens", "max_completion_tokens"}
+HANDLED_FIELDS = {"model", "messages", "stream", "n", "guardrails", "user", "max_tokens", "max_completion_tokens",
+                  "temperature", "top_p", "seed", "stop"}
 _STRENGTH = {"block": 3, "revise": 2, "flag": 1}
 
 
@@ -231,15 +232,23 @@ def create_app(service: GuardService, *, keys: KeyStore | None, audit: AuditLog,
         not_applied = sorted(given - HANDLED_FIELDS)
         if max_tokens and not generate_kwargs:
             not_applied.append("max_tokens")
+        for name, value in body.sampling().items():  # temperature, top_p, seed, stop: this answer's sampling
+            if _accepts(policy.guard.generate, name):
+                generate_kwargs[name] = value
+            else:
+                not_applied.append(name)
         ctx.not_applied = {f: "the policy's generation settings apply" for f in not_applied}
         mode = (body.guardrails and body.guardrails.stream_mode) or cfg.stream_mode
         if body.stream and mode == "window":
             spec = getattr(getattr(policy.guard, "config", None), "policy", None)
             if isinstance(spec, ModelSpec) and spec.backend == "openai":
-                return await window_reply(ctx, policy, messages, spec, body.model or policy.id)
+                return await window_reply(ctx, policy, messages, spec, body.model or policy.id, generate_kwargs)
             ctx.record["stream_note"] = "window mode needs a streaming upstream (openai:); the answer was held"
 
-        answer, gen_s = await service.run(lambda: policy.guard.generate(messages, **generate_kwargs), phase="generate")
+        make = getattr(policy.guard, "generate_completion", None) or policy.guard.generate
+        comp, gen_s = await service.run(lambda: make(messages, **generate_kwargs), phase="generate")
+        answer = comp if isinstance(comp, str) else getattr(comp, "text", None)
+        usage = None if isinstance(comp, str) else _usage(comp)
         ctx.latency["generate"] = round(gen_s * 1000, 3)
         metrics.latency.observe(gen_s, "generate")
         if not isinstance(answer, str) or not answer.strip():
@@ -282,6 +291,8 @@ def create_app(service: GuardService, *, keys: KeyStore | None, audit: AuditLog,
                          "finish_reason": finish_reason, "logprobs": None}],
             "guardrails": guardrails(ctx, policy, result, None),
         }
+        if usage is not None:  # the policy model's answer; the checker's calls are counted in guardrails.model_calls
+            reply["usage"] = usage
         return finish(ctx, 200, JSONResponse(reply, headers=headers))
 
     def decide(policy: Policy, result: CheckResult) -> str:
@@ -295,10 +306,12 @@ def create_app(service: GuardService, *, keys: KeyStore | None, audit: AuditLog,
             return "blocked"
         return "flagged" if flagged else "pass"
 
-    async def window_reply(ctx: _Ctx, policy: Policy, messages: list[dict], spec: ModelSpec, model: str) -> Any:
+    async def window_reply(ctx: _Ctx, policy: Policy, messages: list[dict], spec: ModelSpec, model: str,
+                           request: dict) -> Any:
         gcfg = policy.guard.config
-        deltas = upstream_deltas(spec, messages, max_tokens=gcfg.max_new_tokens, temperature=gcfg.temperature,
-                                 seed=gcfg.seed)
+        limit = min(request.get("max_new_tokens") or gcfg.max_new_tokens, gcfg.max_new_tokens)
+        deltas = upstream_deltas(spec, messages, max_tokens=limit, temperature=request.get("temperature", gcfg.temperature),
+                                 seed=request.get("seed", gcfg.seed), top_p=request.get("top_p"), stop=request.get("stop"))
 
         async def check_text(text: str) -> CheckResult:
             try:
@@ -412,6 +425,14 @@ def _verdict_record(v, include_reason: bool) -> dict:
     if include_reason and v.reason:
         d["reason"] = v.reason
     return d
+
+
+def _usage(comp: Any) -> dict | None:
+    """OpenAI's ``usage`` object from a completion's token counts (None when the backend gave none)."""
+    p, c = getattr(comp, "prompt_tokens", None), getattr(comp, "completion_tokens", None)
+    if not isinstance(p, int) or not isinstance(c, int):
+        return None
+    return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
 
 
 def _accepts(fn: Any, name: str) -> bool:

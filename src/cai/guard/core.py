@@ -21,7 +21,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from cai.backends.base import Backend, Conversation, GenParams
+from cai.backends.base import Backend, Completion, Conversation, GenParams
 from cai.backends.registry import BackendPool
 from cai.constitution import Constitution, Principle, load_constitution
 from cai.errors import ModelError, UserInputError
@@ -112,25 +112,35 @@ class Guard:
         with self._lock:
             return fn(*args)
 
-    def _params(self, max_new_tokens: int | None = None) -> GenParams:
+    def _params(self, max_new_tokens: int | None = None, **overrides: Any) -> GenParams:
         c = self.config
-        return GenParams(max_new_tokens=max_new_tokens or c.max_new_tokens, temperature=c.temperature, seed=c.seed)
+        fields = {"max_new_tokens": max_new_tokens or c.max_new_tokens, "temperature": c.temperature, "seed": c.seed}
+        fields.update({k: v for k, v in overrides.items() if v is not None})
+        return GenParams(**fields)
 
     # --- generation -------------------------------------------------------------------------------------------------
-    def generate(self, messages: Conversation, *, max_new_tokens: int | None = None) -> str:
+    def generate(self, messages: Conversation, *, max_new_tokens: int | None = None, **sampling: Any) -> str:
         """The policy model's answer to the conversation; :class:`GuardUpstreamError` when it gives none.
 
-        ``max_new_tokens`` (a request's ``max_tokens``) lowers the policy's own limit, never raises it."""
+        ``max_new_tokens`` (a request's ``max_tokens``) lowers the policy's own limit, never raises it; ``sampling``
+        (``temperature``, ``top_p``, ``seed``, ``stop``) replaces the policy's own settings for this answer."""
+        return self.generate_completion(messages, max_new_tokens=max_new_tokens, **sampling).text
+
+    def generate_completion(self, messages: Conversation, *, max_new_tokens: int | None = None,
+                            temperature: float | None = None, top_p: float | None = None, seed: int | None = None,
+                            stop: list[str] | None = None) -> Completion:
+        """:meth:`generate`, with the token counts of the answer (``prompt_tokens``, ``completion_tokens``)."""
         messages = validate_messages(messages)
         backend = self.policy_model
         limit = self.config.max_new_tokens if max_new_tokens is None else max(1, min(max_new_tokens, self.config.max_new_tokens))
+        params = self._params(limit, temperature=temperature, top_p=top_p, seed=seed, stop=list(stop) if stop else None)
         try:
-            comp = self._call(backend, backend.generate, [messages], self._params(limit))[0]
+            comp = self._call(backend, backend.generate, [messages], params)[0]
         except Exception as e:  # any failure of the upstream model is reported as one error type
             raise GuardUpstreamError(f"the policy model failed: {type(e).__name__}: {e}") from e
         if comp.failed:
             raise GuardUpstreamError(f"the policy model returned no answer: {comp.error}")
-        return comp.text
+        return comp
 
     # --- checking ---------------------------------------------------------------------------------------------------
     def check(self, messages: Conversation, answer: str | None = None) -> CheckResult:

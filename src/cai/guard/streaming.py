@@ -64,7 +64,8 @@ async def hold_chunks(rid: str, created: int, model: str, text: str, finish_reas
 
 
 async def upstream_deltas(spec: ModelSpec, messages: list[dict], *, max_tokens: int, temperature: float,
-                          seed: int | None) -> AsyncIterator[str]:
+                          seed: int | None, top_p: float | None = None,
+                          stop: list[str] | None = None) -> AsyncIterator[str]:
     """The text deltas of one streamed chat completion from an OpenAI-compatible server.
 
     Failures become :class:`UpstreamError`: 504 for a timeout, 502 otherwise (details with secrets masked).
@@ -77,6 +78,10 @@ async def upstream_deltas(spec: ModelSpec, messages: list[dict], *, max_tokens: 
                                "temperature": temperature}
     if seed is not None:
         payload["seed"] = seed
+    if top_p is not None:
+        payload["top_p"] = top_p
+    if stop:
+        payload["stop"] = stop
     try:
         async with httpx.AsyncClient(timeout=httpx.Timeout(spec.timeout_s)) as client:
             async with client.stream("POST", url, json=payload, headers=headers) as resp:

@@ -57,7 +57,18 @@ class ChatRequest(BaseModel):
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     n: int = Field(default=1, ge=1)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    seed: int | None = None
+    stop: str | list[str] | None = None
     guardrails: GuardrailsOptions | None = None
+
+    def sampling(self) -> dict:
+        """The request's sampling fields that were given (``stop`` as a list), for the policy model's generation."""
+        out = {k: getattr(self, k) for k in ("temperature", "top_p", "seed") if getattr(self, k) is not None}
+        if self.stop:
+            out["stop"] = [self.stop] if isinstance(self.stop, str) else list(self.stop)
+        return out
 
 
 class CheckRequest(BaseModel):
