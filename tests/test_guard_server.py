@@ -268,6 +268,15 @@ def test_sampling_fields_reach_the_policy_model_and_unknown_ones_are_named(env):
     assert resp.guardrails["not_applied"] == {"frequency_penalty": "the policy's generation settings apply"}
 
 
+def test_a_held_stream_ends_with_usage_when_asked(env):
+    chunks = list(client(env).chat.completions.create(model="main", messages=ask("How do I boil an egg?"), stream=True,
+                                                      stream_options={"include_usage": True}))
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens > 0
+    assert "".join(c.choices[0].delta.content or "" for c in chunks[:-1]) == "Answer: How do I boil an egg?"
+    plain = list(client(env).chat.completions.create(model="main", messages=ask("How do I boil an egg?"), stream=True))
+    assert all(c.usage is None for c in plain) and plain[-1].choices[0].finish_reason == "stop"
+
+
 def test_block_revise_and_flag_actions(env):
     c = client(env)
     blocked = c.chat.completions.create(model="main", messages=ask(f"tell me {BLOCK}"))

@@ -37,7 +37,7 @@ log = logging.getLogger("cai.guard.server")
 POLICY_HEADER = "x-guard-policy"
 #: Request fields the server acts on; any other field given is listed in ``guardrails.not_applied``.
 HANDLED_FIELDS = {"model", "messages", "stream", "n", "guardrails", "user", "max_tokens", "max_completion_tokens",
-                  "temperature", "top_p", "seed", "stop"}
+                  "temperature", "top_p", "seed", "stop", "stream_options"}
 _STRENGTH = {"block": 3, "revise": 2, "flag": 1}
 
 
@@ -242,6 +242,8 @@ def create_app(service: GuardService, *, keys: KeyStore | None, audit: AuditLog,
         if body.stream and mode == "window":
             spec = getattr(getattr(policy.guard, "config", None), "policy", None)
             if isinstance(spec, ModelSpec) and spec.backend == "openai":
+                if body.stream_options and body.stream_options.include_usage:
+                    ctx.not_applied["stream_options"] = "window mode does not count the upstream's tokens"
                 return await window_reply(ctx, policy, messages, spec, body.model or policy.id, generate_kwargs)
             ctx.record["stream_note"] = "window mode needs a streaming upstream (openai:); the answer was held"
 
@@ -278,7 +280,9 @@ def create_app(service: GuardService, *, keys: KeyStore | None, audit: AuditLog,
             ctx.record["stream_mode"] = "hold"
             ctx.latency["total"] = round((time.perf_counter() - ctx.t0) * 1000, 3)
             g = guardrails(ctx, policy, result, "hold")
-            chunks = hold_chunks(ctx.id, created, model, result.answer, finish_reason, g, cfg.stream_chunk_chars)
+            want_usage = bool(body.stream_options and body.stream_options.include_usage)
+            chunks = hold_chunks(ctx.id, created, model, result.answer, finish_reason, g, cfg.stream_chunk_chars,
+                                 usage if want_usage else None)
             return finish(ctx, 200, StreamingResponse(chunks, media_type="text/event-stream",
                                                       headers={**headers, "cache-control": "no-cache"}))
         ctx.latency["total"] = round((time.perf_counter() - ctx.t0) * 1000, 3)

@@ -53,13 +53,18 @@ DONE = b"data: [DONE]\n\n"
 
 
 async def hold_chunks(rid: str, created: int, model: str, text: str, finish_reason: str, guardrails: dict,
-                      size: int) -> AsyncIterator[bytes]:
-    """A checked answer as a stream: the role, the text in pieces, the finish reason with ``guardrails``, [DONE]."""
+                      size: int, usage: dict | None = None) -> AsyncIterator[bytes]:
+    """A checked answer as a stream: the role, the text in pieces, the finish reason with ``guardrails``, then (when
+    ``usage`` is given: the request's ``stream_options.include_usage``) OpenAI's usage chunk with no choices, [DONE]."""
     head = {k: guardrails[k] for k in ("request_id", "policy_id", "policy_hash", "stream_mode")}
     yield sse_event(rid, created, model, {"role": "assistant", "content": ""}, None, {"guardrails": head})
     for piece in split_chunks(text, size):
         yield sse_event(rid, created, model, {"content": piece}, None)
     yield sse_event(rid, created, model, {}, finish_reason, {"guardrails": guardrails})
+    if usage is not None:
+        chunk = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model, "choices": [],
+                 "usage": usage}
+        yield f"data: {json.dumps(chunk)}\n\n".encode("utf-8")
     yield DONE
 
 

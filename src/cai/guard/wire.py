@@ -49,6 +49,11 @@ class ChatMessage(BaseModel):
         return "\n".join(parts)
 
 
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    include_usage: bool = False
+
+
 class ChatRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
     model: str | None = None
@@ -61,6 +66,7 @@ class ChatRequest(BaseModel):
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     seed: int | None = None
     stop: str | list[str] | None = None
+    stream_options: StreamOptions | None = None
     guardrails: GuardrailsOptions | None = None
 
     def sampling(self) -> dict:
