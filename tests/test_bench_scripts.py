@@ -46,3 +46,11 @@ def test_bench_eval_runs_the_stage_and_the_plain_baseline():
     res = _run("bench_eval.py", "--models", "2", "--limit", "2", "--max-new-tokens", "6")
     assert res["runs"]["eval"][0]["tokens"] > 0 and res["runs"]["plain"][0]["tokens"] > 0
     assert res["runs"]["eval"][0]["pairwise_s"] > 0 and res["temperature"] == 0.7
+
+
+def test_bench_dtype_compares_bf16_and_int8_with_fp32():
+    res = _run("bench_dtype.py", "--pairs", "2", "--prompts", "2", "--max-new-tokens", "4")
+    for name in ("bfloat16", "int8"):
+        r = res["results"][name]
+        assert 0 <= r["same_letter"] <= 1 and 0 <= r["same_text"] <= 1 and r["label_speedup"] > 0
+    assert set(res["matmul_gflops"]) == {"float32", "bfloat16", "int8"}
