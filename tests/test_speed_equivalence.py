@@ -61,7 +61,11 @@ def test_letter_scores_match_a_plain_forward_pass(backend):
 
     convs = [[{"role": "user", "content": f"Is {n} even? Answer (A) yes or (B) no."},
               {"role": "assistant", "content": "The answer is ("}] for n in (3, 8, 10)]
+    before = (backend.stats.requests, backend.stats.prompt_tokens)
     got = backend.option_logprobs(convs, [["A", "B"]] * 3)
+    # scoring requests are counted like the other backends count them: per conversation, with their prompt tokens
+    assert (backend.stats.requests - before[0], backend.stats.prompt_tokens - before[1]) == (
+        3, sum(len(backend.encode(c)) for c in convs))
     for conv, scores in zip(convs, got):
         ids = torch.tensor([backend.encode(conv)])
         with torch.inference_mode():

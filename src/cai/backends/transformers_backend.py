@@ -338,7 +338,10 @@ class TransformersBackend(Backend):
 
     # --- scoring ----------------------------------------------------------------------------------------------------
     def option_logprobs(self, conversations: list[Conversation], options: list[list[str]]) -> list[list[float | None]]:
-        """Sum of log-probabilities of each option's tokens after the rendered conversation."""
+        """Sum of log-probabilities of each option's tokens after the rendered conversation.
+
+        Each conversation counts in ``stats.requests`` and its tokens in ``stats.prompt_tokens`` (as on the other
+        backends), not in ``stats.calls``."""
         import torch
 
         if len(conversations) != len(options):
@@ -347,6 +350,8 @@ class TransformersBackend(Backend):
         single: list[tuple[int, list[int], list[int]]] = []  # (row, prompt ids, one token id per option)
         for r, (conv, opts) in enumerate(zip(conversations, options)):
             base = self.encode(conv)
+            self.stats.requests += 1
+            self.stats.prompt_tokens += len(base)
             fulls = []
             for o in opts:
                 # Tokenize the reply's text and the option jointly so merges at the boundary match what the model
