@@ -27,6 +27,16 @@ def _naive(model, tok, conv) -> str:
     return tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip()
 
 
+def _plain_letter_logprobs(backend, conv) -> list[float]:
+    """log P("A") and log P("B") after the conversation, from one plain full-length forward pass."""
+    import torch
+
+    ids = torch.tensor([backend.encode(conv)])
+    with torch.inference_mode():
+        logp = torch.log_softmax(backend.model(input_ids=ids).logits[0, -1].float(), -1)
+    return [float(logp[backend.tok.convert_tokens_to_ids(t)]) for t in ("A", "B")]
+
+
 @pytest.fixture(scope="module")
 def backend():
     from cai.backends.embedded import embedded_model_dir
@@ -57,8 +67,6 @@ def test_batched_critique_and_reused_revision_match_the_naive_loop(backend):
 
 
 def test_letter_scores_match_a_plain_forward_pass(backend):
-    import torch
-
     convs = [[{"role": "user", "content": f"Is {n} even? Answer (A) yes or (B) no."},
               {"role": "assistant", "content": "The answer is ("}] for n in (3, 8, 10)]
     before = (backend.stats.requests, backend.stats.prompt_tokens)
@@ -67,18 +75,12 @@ def test_letter_scores_match_a_plain_forward_pass(backend):
     assert (backend.stats.requests - before[0], backend.stats.prompt_tokens - before[1]) == (
         3, sum(len(backend.encode(c)) for c in convs))
     for conv, scores in zip(convs, got):
-        ids = torch.tensor([backend.encode(conv)])
-        with torch.inference_mode():
-            logp = torch.log_softmax(backend.model(input_ids=ids).logits[0, -1].float(), -1)
-        want = [float(logp[backend.tok.convert_tokens_to_ids(t)]) for t in ("A", "B")]
-        assert scores == pytest.approx(want, abs=1e-3)
+        assert scores == pytest.approx(_plain_letter_logprobs(backend, conv), abs=1e-3)
 
 
 def test_comparisons_sharing_an_answer_score_as_a_plain_forward_pass(backend):
     """Six ordered comparisons of three answers to each of two requests: the request and question are prefilled once
     per request, and under them each first answer once per branch."""
-    import torch
-
     from cai.labeling import prompts as LP
 
     requests = [r["prompt"] for r in load_prompts("redteam", split="train", limit=2)]
@@ -105,8 +107,4 @@ def test_comparisons_sharing_an_answer_score_as_a_plain_forward_pass(backend):
     got = backend.option_logprobs(convs, [["A", "B"]] * len(convs))
     assert backend.reused_row_tokens - before >= sum(d - 1 - shared for d in deepest)
     for conv, scores in zip(convs, got):
-        ids = torch.tensor([backend.encode(conv)])
-        with torch.inference_mode():
-            logp = torch.log_softmax(backend.model(input_ids=ids).logits[0, -1].float(), -1)
-        want = [float(logp[backend.tok.convert_tokens_to_ids(t)]) for t in ("A", "B")]
-        assert scores == pytest.approx(want, abs=1e-3)
+        assert scores == pytest.approx(_plain_letter_logprobs(backend, conv), abs=1e-3)

@@ -237,19 +237,15 @@ class PairwiseJudge:
         p = self.const.sample(random.Random(f"eval:{self.seed}:{item_id}"))[0]
         return p.preference_question, p.id
 
-    def compare(self, aspect: str, ids: list[str], prompts: list[str], x: list[str], y: list[str]) -> list[PairResult]:
-        """P(X better than Y) per prompt, from both orders: one option_logprobs call for everything."""
-        return self.compare_many(aspect, ids, prompts, [(x, y)])[0]
-
     def compare_many(self, aspect: str, ids: list[str], prompts: list[str],
                      pairs: list[tuple[list[str], list[str]]]) -> list[list[PairResult]]:
-        """:meth:`compare` for several model pairs over the same prompts, in one option_logprobs call.
+        """P(X better than Y) per prompt and model pair (X, Y), from both orders, in one option_logprobs call.
 
         Comparisons that show the same answer first share the request, the question and that answer, and the backend
         prefills such shared prefixes once (three models: six orders per prompt, three distinct first answers).
         """
         if any(not (len(ids) == len(prompts) == len(x) == len(y)) for x, y in pairs):
-            raise ValueError("compare(): ids, prompts and answers differ in length")
+            raise ValueError("compare_many(): ids, prompts and answers differ in length")
         qs = [self.question(aspect, i) for i in ids]
         items = []  # (pair, row, A, B): order 1 shows X as (A), order 2 shows Y as (A)
         for k, (x, y) in enumerate(pairs):
